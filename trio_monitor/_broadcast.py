@@ -1,0 +1,80 @@
+"""Bounded fan-out of values to any number of subscribers.
+
+Publishing never blocks and never fails: a subscriber whose buffer is full
+misses the value (counted in :attr:`Broadcaster.dropped`), and a subscriber
+that closed its receive channel is forgotten at the next publish.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Generic, TypeVar
+
+import trio
+
+__all__ = ["Broadcaster"]
+
+T = TypeVar("T")
+
+
+class Broadcaster(Generic[T]):
+    __slots__ = ("_closed", "_senders", "dropped")
+
+    def __init__(self) -> None:
+        self._senders: list[trio.MemorySendChannel[T]] = []
+        self._closed = False
+        self.dropped = 0
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._senders)
+
+    def subscribe(self, max_buffer_size: int | float = 64) -> trio.MemoryReceiveChannel[T]:
+        if isinstance(max_buffer_size, bool) or not (
+            (isinstance(max_buffer_size, int) and max_buffer_size >= 0)
+            or max_buffer_size == math.inf
+        ):
+            raise ValueError(
+                f"max_buffer_size must be an int >= 0 or math.inf, not {max_buffer_size!r}"
+            )
+        send, receive = trio.open_memory_channel[T](max_buffer_size)
+        if self._closed:
+            # A late subscriber sees an ended stream, as every other one does.
+            send.close()
+        else:
+            self._senders.append(send)
+        return receive
+
+    def publish(self, value: T) -> int:
+        """Offer ``value`` to every subscriber; return how many are still open.
+
+        A full buffer counts (the value was dropped for it); a closed one does
+        not, so 0 means nobody is listening any more.
+        """
+        gone = 0
+        for send in self._senders:
+            try:
+                send.send_nowait(value)
+            except trio.WouldBlock:
+                self.dropped += 1
+            except trio.BrokenResourceError:
+                gone += 1
+        if gone:
+            self._forget_closed()
+        return len(self._senders)
+
+    def _forget_closed(self) -> None:
+        alive: list[trio.MemorySendChannel[T]] = []
+        for send in self._senders:
+            if send.statistics().open_receive_channels:
+                alive.append(send)
+            else:
+                send.close()
+        self._senders = alive
+
+    def close(self) -> None:
+        """End every subscription: each subscriber's ``async for`` finishes."""
+        self._closed = True
+        for send in self._senders:
+            send.close()
+        self._senders = []
