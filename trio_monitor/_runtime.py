@@ -1,0 +1,662 @@
+"""The background runtime: fire-and-forget jobs with a bounded queue and a drain.
+
+The shape, and why:
+
+* Accepted jobs wait in one deque of at most ``max_queue_size`` entries. A job
+  leaves the deque at the moment its own code starts running, so the bound on
+  waiting jobs is a real bound on memory: nothing is moved to an unbounded
+  set of tasks parked on a semaphore.
+* At most ``max_concurrent_tasks`` worker tasks, supervised by the core
+  :class:`~trio_monitor._supervisor.Supervisor`, pop jobs and run them inline,
+  one after the other. An idle worker parks until a job arrives, and exits at
+  shutdown. A job therefore costs a deque entry, not a Trio task: there is no
+  task, nursery entry or cancel scope per job (a scope only when
+  ``job_timeout`` is set). Shutdown and cancellation act on the workers'
+  own scopes, through the core.
+* :meth:`RuntimeHandle.spawn_wait` callers that find the deque full queue up
+  in FIFO order with their job in hand; when a worker pops a job it moves the
+  first waiter's job into the freed slot and wakes that caller. Nobody can
+  steal the slot in between, and the deque never exceeds its bound.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVarTuple
+
+import attrs
+import outcome
+import trio
+
+from ._broadcast import Broadcaster
+from ._errors import QueueFull, RuntimeClosed, ShutdownTimeout
+from ._failures import Panic, TaskFailure, TaskInfo, next_task_id
+from ._supervisor import FINITE, Supervisor, capture, open_component
+
+__all__ = [
+    "BackgroundRuntime",
+    "RuntimeConfig",
+    "RuntimeHandle",
+    "RuntimeMetrics",
+    "open_runtime",
+]
+
+logger = logging.getLogger("trio_monitor.runtime")
+
+PosArgs = TypeVarTuple("PosArgs")
+
+# One accepted job: (async_fn, args, name or None, request_id or None, task id).
+# A plain tuple: it is the only per-job allocation on the fast path.
+_Job = tuple[Callable[..., Awaitable[object]], tuple[Any, ...], str | None, str | None, int]
+
+_WORKER_NAME: Final = "trio_monitor.runtime worker"
+
+
+def _positive_int(_instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1, not {value!r}")
+
+
+def _seconds(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds, not NaN")
+    return float(value)
+
+
+def _drain_timeout(value: object) -> float:
+    seconds = _seconds(value, "drain_timeout")
+    if seconds < 0:
+        raise ValueError(f"drain_timeout must be >= 0 seconds, not {value!r}")
+    return seconds
+
+
+def _job_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    seconds = _seconds(value, "job_timeout")
+    if seconds <= 0:
+        raise ValueError(f"job_timeout must be > 0 seconds or None, not {value!r}")
+    return seconds
+
+
+@attrs.frozen
+class RuntimeConfig:
+    """Limits of a :class:`BackgroundRuntime`. Checked at construction.
+
+    Attributes:
+      max_queue_size (int): How many accepted jobs may wait to start, at
+        most. A job counts as queued until its own code starts running.
+        At least 1.
+      max_concurrent_tasks (int): How many jobs may run at once, at most;
+        also the most worker tasks the runtime ever holds. At least 1.
+      drain_timeout (float): Seconds :meth:`BackgroundRuntime.shutdown` waits
+        for accepted jobs to finish before cancelling the rest. ``0`` cancels
+        at once; ``math.inf`` waits for ever.
+      job_timeout (float | None): If set, a job still running after this
+        many seconds is cancelled and counted as failed (reported as a
+        :class:`~trio_monitor.Panic` holding a :exc:`trio.TooSlowError`).
+        None (the default) sets no limit and costs nothing per job.
+
+    Raises:
+      TypeError: A value is not a number (``bool`` included).
+      ValueError: A size is below 1, a timeout is negative or NaN, or
+        ``job_timeout`` is 0. The message names the field.
+    """
+
+    max_queue_size: int = attrs.field(default=1024, validator=_positive_int)
+    max_concurrent_tasks: int = attrs.field(default=128, validator=_positive_int)
+    drain_timeout: float = attrs.field(default=30.0, converter=_drain_timeout)
+    job_timeout: float | None = attrs.field(default=None, converter=_job_timeout)
+
+
+@attrs.frozen
+class RuntimeMetrics:
+    """A snapshot of a :class:`BackgroundRuntime`'s counters.
+
+    Every accepted job is in exactly one state, so at any moment
+    ``accepted == queued + running + succeeded + failed + cancelled + not_started``.
+
+    Attributes:
+      queued (int): Accepted jobs whose code has not started yet (never more
+        than ``max_queue_size``).
+      running (int): Jobs running now (never more than ``max_concurrent_tasks``).
+      succeeded (int): Jobs that returned.
+      failed (int): Jobs that raised an :class:`Exception` or hit ``job_timeout``.
+      rejected (int): :meth:`RuntimeHandle.spawn` calls refused with
+        :class:`~trio_monitor.QueueFull`.
+      cancelled (int): Jobs cancelled while running: by the drain deadline
+        of :meth:`BackgroundRuntime.shutdown`, or by a cancellation from
+        outside the runtime.
+      not_started (int): Accepted jobs dropped without running, for the same
+        two reasons.
+      waiting (int): :meth:`RuntimeHandle.spawn_wait` callers waiting for
+        room now. Their jobs are not accepted yet and not counted elsewhere.
+    """
+
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    rejected: int
+    cancelled: int
+    not_started: int
+    waiting: int
+
+    @property
+    def accepted(self) -> int:
+        """Jobs accepted so far: the sum of every per-job state."""
+        return (
+            self.queued
+            + self.running
+            + self.succeeded
+            + self.failed
+            + self.cancelled
+            + self.not_started
+        )
+
+
+class _Waiter:
+    """A :meth:`RuntimeHandle.spawn_wait` caller parked with its job."""
+
+    __slots__ = ("job", "task")
+
+    def __init__(self, job: _Job, task: trio.lowlevel.Task) -> None:
+        self.job = job
+        self.task = task
+
+
+def _job_name(job: _Job) -> str:
+    name = job[2]
+    if name is not None:
+        return name
+    fn = job[0]
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _check_labels(name: object, request_id: object) -> None:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"job name must be a str or None, not {type(name).__name__}")
+    if request_id is not None and not isinstance(request_id, str):
+        raise TypeError(f"request_id must be a str or None, not {type(request_id).__name__}")
+
+
+class _Engine:
+    """The runtime's state and workers, shared by the runtime and its handles."""
+
+    __slots__ = (
+        "_accepted",
+        "_broadcaster",
+        "_cancelled",
+        "_closed",
+        "_failed",
+        "_idle",
+        "_max_queue",
+        "_max_workers",
+        "_not_started",
+        "_pending",
+        "_rejected",
+        "_running",
+        "_shutdown_called",
+        "_succeeded",
+        "_summoned",
+        "_supervisor",
+        "_waiters",
+        "config",
+        "token",
+    )
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        config: RuntimeConfig,
+        broadcaster: Broadcaster[TaskFailure],
+    ) -> None:
+        self._supervisor = supervisor
+        self.config = config
+        self._broadcaster = broadcaster
+        self.token = trio.lowlevel.current_trio_token()
+        self._max_queue = config.max_queue_size
+        self._max_workers = config.max_concurrent_tasks
+        self._pending: deque[_Job] = deque()
+        self._waiters: deque[_Waiter] = deque()
+        # Idle workers park here until a job arrives.
+        self._idle = trio.lowlevel.ParkingLot()
+        # Workers started or woken that have not looked at the deque yet:
+        # they will take that many queued jobs, so nobody else is woken for them.
+        self._summoned = 0
+        self._closed = False
+        self._shutdown_called = False
+        self._accepted = 0
+        self._running = 0
+        self._succeeded = 0
+        self._failed = 0
+        self._rejected = 0
+        self._cancelled = 0
+        self._not_started = 0
+
+    def metrics(self) -> RuntimeMetrics:
+        return RuntimeMetrics(
+            queued=len(self._pending),
+            running=self._running,
+            succeeded=self._succeeded,
+            failed=self._failed,
+            rejected=self._rejected,
+            cancelled=self._cancelled,
+            not_started=self._not_started,
+            waiting=len(self._waiters),
+        )
+
+    def subscribe(
+        self, max_buffer_size: int | float = 64
+    ) -> trio.MemoryReceiveChannel[TaskFailure]:
+        return self._broadcaster.subscribe(max_buffer_size)
+
+    # --- accepting jobs ---
+
+    def spawn(self, job: _Job) -> None:
+        if self._closed:
+            raise RuntimeClosed()
+        if len(self._pending) >= self._max_queue:
+            self._rejected += 1
+            raise QueueFull()
+        self._accept(job)
+
+    def _accept(self, job: _Job) -> None:
+        pending = self._pending
+        pending.append(job)
+        self._accepted += 1
+        if len(pending) > self._summoned:
+            # Nobody on the way will take this job: wake an idle worker, or
+            # start one while there are fewer than max_concurrent_tasks.
+            if self._idle.unpark(count=1):
+                self._summoned += 1
+            elif len(self._supervisor.tasks) < self._max_workers:
+                self._supervisor.spawn(_WORKER_NAME, self.work, (), FINITE)
+                self._summoned += 1
+
+    async def spawn_wait(self, job: _Job) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise RuntimeClosed()
+        if len(self._pending) < self._max_queue:
+            self._accept(job)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        waiter = _Waiter(job, trio.lowlevel.current_task())
+        waiters = self._waiters
+        waiters.append(waiter)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            waiters.remove(waiter)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        # A worker moves our job into the deque and wakes us (accepted), or
+        # the runtime closes and wakes us with RuntimeClosed.
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    # --- running jobs ---
+
+    async def work(self) -> None:
+        pending = self._pending
+        waiters = self._waiters
+        job_timeout = self.config.job_timeout
+        while True:
+            self._summoned -= 1
+            while pending:
+                job = pending.popleft()
+                if waiters:
+                    # The slot just freed goes to the longest waiting caller.
+                    waiter = waiters.popleft()
+                    self._accept(waiter.job)
+                    trio.lowlevel.reschedule(waiter.task)
+                self._running += 1
+                timed_out = False
+                try:
+                    if job_timeout is None:
+                        exc = await capture(job[0], job[1])
+                    else:
+                        exc, timed_out = await self._run_with_timeout(job, job_timeout)
+                except BaseException:
+                    # Cancelled by the drain deadline or from outside: an
+                    # intentional stop, counted but never reported.
+                    self._running -= 1
+                    self._cancelled += 1
+                    raise
+                self._running -= 1
+                if exc is None:
+                    self._succeeded += 1
+                else:
+                    self._failed += 1
+                    self._job_failed(job, exc, timed_out)
+            if self._closed:
+                return
+            await self._idle.park()
+
+    @staticmethod
+    async def _run_with_timeout(job: _Job, seconds: float) -> tuple[Exception | None, bool]:
+        exc: Exception | None = None
+        with trio.move_on_after(seconds) as scope:
+            exc = await capture(job[0], job[1])
+        if scope.cancelled_caught or (exc is not None and scope.cancel_called):
+            # The job's own exception, if it turned the cancellation into
+            # one, stays reachable as the context.
+            timeout = trio.TooSlowError(
+                f"background job {_job_name(job)!r} timed out after {seconds:g}s"
+            )
+            timeout.__context__ = exc
+            return timeout, True
+        return exc, False
+
+    def _job_failed(self, job: _Job, exc: Exception, timed_out: bool) -> None:
+        name = _job_name(job)
+        request_id = job[3]
+        if timed_out:
+            logger.error(
+                "background job %r (request id %s) failed: timed out after %gs",
+                name,
+                request_id,
+                self.config.job_timeout,
+            )
+        else:
+            logger.error(
+                "background job %r (request id %s) failed: %r",
+                name,
+                request_id,
+                exc,
+                exc_info=exc,
+            )
+        if self._broadcaster.subscribers:
+            self._broadcaster.publish(
+                TaskFailure(TaskInfo(job[4], name), Panic.from_exception(exc))
+            )
+
+    # --- stopping ---
+
+    def _close(self) -> None:
+        """Refuse new jobs; wake waiters with RuntimeClosed and idle workers to exit."""
+        if self._closed:
+            return
+        self._closed = True
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(RuntimeClosed()))
+        self._summoned += len(self._idle.unpark_all())
+
+    async def shutdown(self) -> None:
+        if self._shutdown_called:
+            await trio.lowlevel.checkpoint()
+            return
+        self._shutdown_called = True
+        self._close()
+        cancelled_before = self._cancelled
+        with trio.move_on_after(self.config.drain_timeout):
+            await self._supervisor.wait_idle()
+        # Past the deadline: drop what never started, then cancel the workers
+        # and wait until they are gone. (Idle workers on their way out are
+        # cancelled too; that stops no job.)
+        not_started = len(self._pending)
+        self._pending.clear()
+        self._not_started += not_started
+        await self._supervisor.join(0)
+        cancelled = self._cancelled - cancelled_before
+        if cancelled or not_started:
+            raise ShutdownTimeout(cancelled, not_started)
+
+    def on_close(self) -> None:
+        # The block is exiting (also on outer cancellation): whatever is still
+        # queued will never start.
+        self._close()
+        self._not_started += len(self._pending)
+        self._pending.clear()
+        self._broadcaster.close()
+
+
+class BackgroundRuntime:
+    """Runs fire-and-forget jobs with a bounded queue and bounded concurrency.
+
+    Get one from :func:`open_runtime`; spawn jobs through a
+    :class:`RuntimeHandle` from :meth:`handle`. Jobs start in the order they
+    were accepted.
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: _Engine) -> None:
+        self._engine = engine
+
+    @property
+    def config(self) -> RuntimeConfig:
+        """The :class:`RuntimeConfig` this runtime was opened with."""
+        return self._engine.config
+
+    def handle(self) -> RuntimeHandle:
+        """A :class:`RuntimeHandle` for spawning jobs: cheap, share it freely."""
+        return RuntimeHandle(self._engine)
+
+    def metrics(self) -> RuntimeMetrics:
+        """A snapshot of the counters (see :class:`RuntimeMetrics`)."""
+        return self._engine.metrics()
+
+    def subscribe(
+        self, max_buffer_size: int | float = 64
+    ) -> trio.MemoryReceiveChannel[TaskFailure]:
+        """A new receive channel that gets every job failure from now on.
+
+        Failures come in the same :class:`~trio_monitor.TaskFailure` form as
+        the task monitor's: ``task`` is a :class:`~trio_monitor.TaskInfo`
+        (a process-unique id, and the job's name or its function's qualified
+        name) and ``reason`` a :class:`~trio_monitor.Panic`; a job past
+        ``job_timeout`` gives a Panic whose ``exception`` is a
+        :exc:`trio.TooSlowError`. Jobs cancelled by shutdown are never
+        reported. Each subscriber has a buffer of ``max_buffer_size``
+        reports; a subscriber that falls behind misses the overflow, and no
+        job ever waits for it. When the runtime closes, the channel ends.
+        """
+        return self._engine.subscribe(max_buffer_size)
+
+    async def shutdown(self) -> None:
+        """Stop accepting jobs, run every accepted one, then return.
+
+        From the first call on, spawning raises
+        :class:`~trio_monitor.RuntimeClosed`, and so do
+        :meth:`RuntimeHandle.spawn_wait` calls still waiting for room (their
+        jobs were never accepted). Every job already accepted still runs.
+        If they have not all finished after ``drain_timeout`` seconds, the
+        running ones are cancelled and the queued ones dropped, and once no
+        worker is left, :class:`~trio_monitor.ShutdownTimeout` is raised
+        with the exact counts. Cancelled jobs are not reported as failures.
+
+        A second call returns at once (it does not wait for a drain still in
+        progress). This runs by itself when the ``async with`` block ends
+        normally or with an exception; cancellation from outside skips the
+        drain. Do not call it from inside a job: the drain would wait for
+        that job.
+
+        Raises:
+          ShutdownTimeout: The drain did not finish in time.
+        """
+        await self._engine.shutdown()
+
+
+class RuntimeHandle:
+    """Spawns jobs into a :class:`BackgroundRuntime`.
+
+    Cheap to create, copy and pass around (to request handlers, say); every
+    copy feeds the same runtime. Methods other than :meth:`spawn_from_thread`
+    and :meth:`spawn_wait_from_thread` must be called from the runtime's own
+    Trio thread.
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: _Engine) -> None:
+        self._engine = engine
+
+    def spawn(
+        self,
+        async_fn: Callable[[*PosArgs], Awaitable[object]],
+        *args: *PosArgs,
+        name: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """Accept ``async_fn(*args)`` as a job, or raise at once.
+
+        The job starts when a worker is free, in acceptance order. ``name``
+        (default: the function's qualified name) and ``request_id`` label
+        the job in logs and failure reports.
+
+        Raises:
+          QueueFull: ``max_queue_size`` jobs are waiting to start already
+            (counted in ``metrics().rejected``). Shed the load (e.g. answer
+            HTTP 503) or use :meth:`spawn_wait`.
+          RuntimeClosed: The runtime is shutting down or closed.
+        """
+        if name is not None or request_id is not None:
+            _check_labels(name, request_id)
+        self._engine.spawn((async_fn, args, name, request_id, next_task_id()))
+
+    async def spawn_wait(
+        self,
+        async_fn: Callable[[*PosArgs], Awaitable[object]],
+        *args: *PosArgs,
+        name: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """Accept ``async_fn(*args)`` as a job, waiting for room in the queue.
+
+        Like :meth:`spawn`, but when the queue is full this waits until a
+        queued job starts; callers waiting together are served first come,
+        first served. It is a checkpoint; if it is cancelled, the job was
+        not accepted.
+
+        Raises:
+          RuntimeClosed: The runtime is closed, or closed while this waited.
+        """
+        if name is not None or request_id is not None:
+            _check_labels(name, request_id)
+        await self._engine.spawn_wait((async_fn, args, name, request_id, next_task_id()))
+
+    def spawn_from_thread(
+        self,
+        async_fn: Callable[[*PosArgs], Awaitable[object]],
+        *args: *PosArgs,
+        name: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """:meth:`spawn` from a thread other than the runtime's Trio thread.
+
+        For synchronous code run with :func:`trio.to_thread.run_sync`, or any
+        other thread: the spawn runs in the Trio thread (through the run's
+        :class:`trio.lowlevel.TrioToken`) and this returns once the job is
+        accepted. Never call it from the Trio thread itself: it would block it.
+
+        Raises:
+          QueueFull: As :meth:`spawn`, raised in the calling thread.
+          RuntimeClosed: As :meth:`spawn`, also when the Trio run has ended.
+        """
+        if name is not None or request_id is not None:
+            _check_labels(name, request_id)
+        engine = self._engine
+        job: _Job = (async_fn, args, name, request_id, next_task_id())
+        try:
+            trio.from_thread.run_sync(engine.spawn, job, trio_token=engine.token)
+        except trio.RunFinishedError:
+            raise RuntimeClosed() from None
+
+    def spawn_wait_from_thread(
+        self,
+        async_fn: Callable[[*PosArgs], Awaitable[object]],
+        *args: *PosArgs,
+        name: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """:meth:`spawn_wait` from a thread other than the runtime's Trio thread.
+
+        Blocks the calling thread until the job is accepted.
+
+        Raises:
+          RuntimeClosed: As :meth:`spawn_wait`, also when the Trio run has ended.
+        """
+        if name is not None or request_id is not None:
+            _check_labels(name, request_id)
+        engine = self._engine
+        job: _Job = (async_fn, args, name, request_id, next_task_id())
+        try:
+            trio.from_thread.run(functools.partial(engine.spawn_wait, job), trio_token=engine.token)
+        except trio.RunFinishedError:
+            raise RuntimeClosed() from None
+
+    def __copy__(self) -> RuntimeHandle:
+        return self
+
+    def __deepcopy__(self, memo: object) -> RuntimeHandle:
+        # A handle refers to its runtime; a copy refers to the same one.
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RuntimeHandle):
+            return NotImplemented
+        return self._engine is other._engine
+
+    def __hash__(self) -> int:
+        return hash(id(self._engine))
+
+    def __repr__(self) -> str:
+        return f"<RuntimeHandle of runtime at {id(self._engine):#x}>"
+
+
+def _report_worker_failure(failure: TaskFailure) -> None:
+    # Workers isolate every job's exception; reaching here is a bug in the runtime.
+    reason = failure.reason
+    logger.error(
+        "background runtime worker failed: %r",
+        reason,
+        exc_info=reason.exception if isinstance(reason, Panic) else None,
+    )
+
+
+@asynccontextmanager
+async def open_runtime(
+    config: RuntimeConfig | None = None,
+) -> AsyncGenerator[BackgroundRuntime, None]:
+    """Open a :class:`BackgroundRuntime` whose jobs all run inside this block.
+
+    When the block ends normally or with an exception,
+    :meth:`BackgroundRuntime.shutdown` drains the runtime. An exception from
+    the block propagates as itself (a :class:`~trio_monitor.ShutdownTimeout`
+    from that drain is then dropped); after a normal end, a drain past
+    ``drain_timeout`` raises :class:`~trio_monitor.ShutdownTimeout`. On
+    cancellation from outside nothing is drained: running jobs are cancelled
+    at once, queued ones dropped, and nothing is reported.
+
+    Args:
+      config: The limits; ``RuntimeConfig()`` (1024 queued, 128 running, 30 s
+        drain) when None.
+    """
+    if config is None:
+        config = RuntimeConfig()
+    elif not isinstance(config, RuntimeConfig):
+        raise TypeError(f"config must be a RuntimeConfig, not {type(config).__name__}")
+    engines: list[_Engine] = []
+
+    def build(supervisor: Supervisor) -> BackgroundRuntime:
+        engines.append(_Engine(supervisor, config, Broadcaster()))
+        return BackgroundRuntime(engines[0])
+
+    async with open_component(
+        build,
+        _report_worker_failure,
+        graceful_stop=BackgroundRuntime.shutdown,
+        on_close=lambda _runtime: engines[0].on_close(),
+    ) as runtime:
+        yield runtime
