@@ -1,0 +1,881 @@
+"""The storage contract: every backend passes this same suite.
+
+Backends come from ``tests/jobs/storage_backends.py`` (``BACKENDS``); each
+test runs once per backend. Tests that need two storages on one database
+(what two processes sharing it see) run only for backends that share a URL.
+Storage talks to threads and servers, so these run on the real clock; no test
+sleeps except the ``wait_for_work`` blocking test (50 ms).
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.jobs.storage_backends import Backend, backend_params
+from trio_monitor.jobs import (
+    AwaitingRetry,
+    Deleted,
+    Enqueued,
+    Failed,
+    Job,
+    JobState,
+    Processing,
+    RecurringJob,
+    Scheduled,
+    ServerInfo,
+    Storage,
+    Succeeded,
+    Transition,
+    open_storage,
+)
+from trio_monitor.jobs._model import utcnow
+
+STATE_NAMES = {
+    "enqueued",
+    "scheduled",
+    "processing",
+    "succeeded",
+    "failed",
+    "awaiting_retry",
+    "deleted",
+}
+
+
+@pytest.fixture(params=backend_params())
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def storage_url(backend: Backend, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty store of the backend under test."""
+    return backend.make_url(request)
+
+
+@pytest.fixture
+async def storage(storage_url: str) -> AsyncIterator[Storage]:
+    async with open_storage(storage_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def shared_url(backend: Backend, storage_url: str) -> str:
+    """``storage_url``, for tests that open it twice (skipped where not shared)."""
+    if not backend.shared:
+        pytest.skip(f"{backend.name} storages do not share data across open_storage calls")
+    return storage_url
+
+
+def counts(raw: dict[str, int]) -> dict[str, int]:
+    """``count_by_state`` without zero entries (backends may list them or not)."""
+    return {name: n for name, n in raw.items() if n}
+
+
+def make_job(
+    *,
+    priority: int = 0,
+    queue: str = "default",
+    created_at: datetime | None = None,
+    state: JobState | None = None,
+    payload: Any = None,
+) -> Job:
+    job = Job.new("work", {"n": 1} if payload is None else payload, queue, priority)
+    if created_at is not None:
+        job.created_at = created_at
+    if state is not None:
+        job.state = state
+    return job
+
+
+def processing(server: str, started_at: datetime, worker: str = "w") -> Processing:
+    return Processing(started_at, worker, server)
+
+
+# -- enqueue / get ---------------------------------------------------------
+
+T0 = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+EVERY_STATE: list[JobState] = [
+    Enqueued(T0),
+    Scheduled(T0 + timedelta(hours=1)),
+    Processing(T0, "worker-3", "srv#abc"),
+    Succeeded({"answer": [42, "x", None, 1.5]}, 1.25),
+    Failed("ValueError: boom"),
+    AwaitingRetry(T0 + timedelta(seconds=30), "TimeoutError"),
+    Deleted(),
+]
+
+
+@pytest.mark.parametrize("state", EVERY_STATE, ids=lambda s: s.name)
+async def test_enqueue_get_round_trip_keeps_every_field(storage: Storage, state: JobState) -> None:
+    job = Job(
+        id=str(uuid.uuid4()),
+        method="send_email",
+        payload={"to": "a@example.org", "n": [1, 2.5, None, True], "ü": "ß"},
+        queue="mail",
+        priority=-7,
+        attempts=2,
+        created_at=T0 - timedelta(days=1),
+        state=state,
+        expires_at=T0 + timedelta(days=7),
+    )
+    assert await storage.enqueue(job) == job.id
+    got = await storage.get(job.id)
+    assert got is not None
+    assert isinstance(got.state, type(state))
+    assert (got.id, got.method, got.payload, got.queue, got.priority, got.attempts) == (
+        job.id,
+        job.method,
+        job.payload,
+        job.queue,
+        job.priority,
+        job.attempts,
+    )
+    assert got.created_at == job.created_at
+    assert got.expires_at == job.expires_at
+    assert got.state == state
+    for value in (got.created_at, got.expires_at):
+        assert value is not None
+        assert value.utcoffset() == timedelta(0)
+
+
+async def test_non_utc_timestamps_keep_their_instant(storage: Storage) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    job = make_job(
+        created_at=T0.astimezone(plus2),
+        state=Scheduled((T0 + timedelta(hours=1)).astimezone(plus2)),
+    )
+    await storage.enqueue(job)
+    got = await storage.get(job.id)
+    assert got is not None
+    assert got.created_at == T0
+    assert got.state == Scheduled(T0 + timedelta(hours=1))
+    assert got.created_at.tzinfo is not None
+
+
+async def test_get_unknown_id_is_none(storage: Storage) -> None:
+    assert await storage.get("no-such-job") is None
+
+
+async def test_duplicate_id_is_value_error_and_changes_nothing(storage: Storage) -> None:
+    first = make_job(payload={"v": 1})
+    await storage.enqueue(first)
+    before = await storage.count_by_state()
+    clash = make_job(payload={"v": 2}, state=Failed("x"))
+    clash.id = first.id
+    with pytest.raises(ValueError, match="exist"):
+        await storage.enqueue(clash)
+    assert await storage.count_by_state() == before
+    got = await storage.get(first.id)
+    assert got is not None
+    assert got.payload == {"v": 1}
+    assert isinstance(got.state, Enqueued)
+
+
+@pytest.mark.parametrize("payload", [object(), {"x": {1, 2}}, float("nan"), {"when": T0}], ids=repr)
+async def test_non_json_payload_is_type_error_and_stores_nothing(
+    storage: Storage, payload: object
+) -> None:
+    await storage.enqueue(make_job())
+    before = await storage.count_by_state()
+    bad = make_job(payload=payload)
+    with pytest.raises(TypeError, match="JSON"):
+        await storage.enqueue(bad)
+    assert await storage.get(bad.id) is None
+    assert await storage.count_by_state() == before
+
+
+async def test_enqueue_many_is_all_or_nothing(storage: Storage) -> None:
+    existing = make_job()
+    await storage.enqueue(existing)
+    before = await storage.count_by_state()
+
+    good = [make_job() for _ in range(3)]
+    with pytest.raises(TypeError):
+        await storage.enqueue_many([*good, make_job(payload={"bad": object()})])
+    assert await storage.count_by_state() == before
+
+    clash = make_job()
+    clash.id = existing.id
+    with pytest.raises(ValueError, match="exist"):
+        await storage.enqueue_many([*good, clash])
+    assert await storage.count_by_state() == before
+
+    twin = make_job()
+    twin.id = good[0].id
+    with pytest.raises(ValueError, match=r"duplicate|exist"):
+        await storage.enqueue_many([*good, twin])
+    assert await storage.count_by_state() == before
+    for job in good:
+        assert await storage.get(job.id) is None
+
+    assert await storage.enqueue_many(good) == [job.id for job in good]
+    assert counts(await storage.count_by_state()) == {"enqueued": 4}
+    assert await storage.enqueue_many([]) == []
+
+
+async def test_list_jobs_in_creation_order_with_filter_and_limit(storage: Storage) -> None:
+    jobs = [make_job(priority=i % 3) for i in range(6)]
+    jobs[1].state = Failed("x")
+    jobs[4].state = Failed("y")
+    for job in jobs:
+        await storage.enqueue(job)
+    assert [j.id for j in await storage.list_jobs()] == [j.id for j in jobs]
+    assert [j.id for j in await storage.list_jobs(limit=2)] == [jobs[0].id, jobs[1].id]
+    assert [j.id for j in await storage.list_jobs(state=Failed)] == [jobs[1].id, jobs[4].id]
+    assert [j.id for j in await storage.list_jobs(state=Enqueued, limit=1)] == [jobs[0].id]
+    assert await storage.list_jobs(state=Succeeded) == []
+
+
+async def test_count_by_state_keys_are_state_names(storage: Storage) -> None:
+    assert await storage.count_by_state() == {}  # states without jobs are left out
+    for state in EVERY_STATE:
+        await storage.enqueue(make_job(state=state))
+        await storage.enqueue(make_job(state=state))
+    raw = await storage.count_by_state()
+    assert set(raw) <= STATE_NAMES
+    assert counts(raw) == dict.fromkeys(STATE_NAMES, 2)
+
+
+# -- claim -----------------------------------------------------------------
+
+
+async def claim(
+    storage: Storage,
+    n: int = 1,
+    *,
+    queues: list[str] | None = None,
+    server: str = "srv",
+    now: datetime | None = None,
+) -> list[Job]:
+    return await storage.claim(
+        queues=["default"] if queues is None else queues,
+        worker_ids=[f"w{i}" for i in range(n)],
+        server_name=server,
+        now=utcnow() if now is None else now,
+    )
+
+
+async def test_claim_takes_highest_priority_then_oldest(storage: Storage) -> None:
+    jobs = [make_job(priority=p) for p in (0, 5, 0, 9, 5, -1, 9)]
+    await storage.enqueue_many(jobs)
+    expected = [jobs[i].id for i in (3, 6, 1, 4, 0, 2, 5)]
+    taken = [job.id for _ in jobs for job in await claim(storage)]
+    assert taken == expected
+    assert await claim(storage) == []
+
+
+async def test_claim_order_within_one_batch(storage: Storage) -> None:
+    jobs = [make_job(priority=p) for p in (1, 3, 1, 3, 2)]
+    await storage.enqueue_many(jobs)
+    batch = await claim(storage, 4)
+    assert [job.id for job in batch] == [jobs[i].id for i in (1, 3, 4, 0)]
+    assert [job.state.worker_id for job in batch if isinstance(job.state, Processing)] == [
+        "w0",
+        "w1",
+        "w2",
+        "w3",
+    ]
+
+
+async def test_claim_filters_queues_and_empty_means_all(storage: Storage) -> None:
+    a1, b1, c1 = make_job(queue="a"), make_job(queue="b", priority=1), make_job(queue="c")
+    a2, b2 = make_job(queue="a", priority=2), make_job(queue="b")
+    await storage.enqueue_many([a1, b1, c1, a2, b2])
+    assert [j.id for j in await claim(storage, 5, queues=["zzz"])] == []
+    assert [j.id for j in await claim(storage, 1, queues=["b"])] == [b1.id]
+    # Several queues: merged by priority, then age; duplicates are harmless.
+    assert [j.id for j in await claim(storage, 5, queues=["a", "b", "a"])] == [
+        a2.id,
+        a1.id,
+        b2.id,
+    ]
+    assert [j.id for j in await claim(storage, 5, queues=[])] == [c1.id]
+
+
+async def test_claim_limit_stamps_and_bumps(storage: Storage) -> None:
+    jobs = [make_job() for _ in range(5)]
+    jobs[0].attempts = 3
+    await storage.enqueue_many(jobs)
+    before = {job.id: await storage.get(job.id) for job in jobs}
+    now = utcnow()
+    batch = await storage.claim(
+        queues=["default"], worker_ids=["wa", "wb", "wc"], server_name="srv#1", now=now
+    )
+    assert len(batch) == 3
+    for job, worker in zip(batch, ["wa", "wb", "wc"], strict=True):
+        old = before[job.id]
+        assert old is not None
+        assert job.state == Processing(now, worker, "srv#1")
+        assert job.attempts == old.attempts + 1
+        assert job.version > old.version
+        stored = await storage.get(job.id)
+        assert stored is not None
+        assert stored.state == job.state
+        assert (stored.attempts, stored.version, stored.payload) == (
+            job.attempts,
+            job.version,
+            old.payload,
+        )
+    assert batch[0].attempts == 4
+    assert counts(await storage.count_by_state()) == {"processing": 3, "enqueued": 2}
+    assert await storage.claim(queues=[], worker_ids=[], server_name="s", now=now) == []
+
+
+async def test_claim_skips_jobs_not_enqueued(storage: Storage) -> None:
+    now = utcnow()
+    for state in EVERY_STATE:
+        await storage.enqueue(make_job(state=state))
+    batch = await claim(storage, 10, now=now)
+    assert len(batch) == 1
+    assert batch[0].state == Processing(now, "w0", "srv")
+
+
+async def claim_all(storage: Storage, tasks: int, found: list[str], batch: int = 3) -> None:
+    async def worker(k: int) -> None:
+        while True:
+            got = await claim(storage, batch, server=f"s{k}")
+            if not got:
+                return
+            found.extend(job.id for job in got)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for k in range(tasks):
+            nursery.start_soon(worker, k)
+
+
+async def test_concurrent_claims_never_share_a_job(storage: Storage) -> None:
+    jobs = [make_job(priority=i % 4) for i in range(60)]
+    await storage.enqueue_many(jobs)
+    found: list[str] = []
+    await claim_all(storage, 8, found)
+    assert sorted(found) == sorted(job.id for job in jobs)
+
+
+async def test_two_storages_on_one_database_never_share_a_job(shared_url: str) -> None:
+    jobs = [make_job(priority=i % 4) for i in range(80)]
+    found: list[str] = []
+    async with open_storage(shared_url) as one, open_storage(shared_url) as two:
+        await one.enqueue_many(jobs)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim_all, one, 4, found, 2)
+            nursery.start_soon(claim_all, two, 4, found, 2)
+    assert sorted(found) == sorted(job.id for job in jobs)
+
+
+# -- apply -----------------------------------------------------------------
+
+
+async def test_apply_is_compare_and_swap(storage: Storage) -> None:
+    await storage.enqueue_many([make_job(), make_job()])
+    first, second = await claim(storage, 2)
+    now = utcnow()
+    expires = now + timedelta(days=1)
+    results = await storage.apply(
+        [
+            Transition(first.id, first.version, Succeeded({"ok": True}, 0.5), expires_at=expires),
+            Transition(second.id, second.version - 1, Failed("stale")),
+            Transition("missing", 0, Failed("nobody")),
+        ]
+    )
+    done, stale, missing = results
+    assert stale is None
+    assert missing is None
+    assert done is not None
+    assert done.state == Succeeded({"ok": True}, 0.5)
+    assert done.version > first.version
+    assert done.expires_at == expires
+    assert (done.attempts, done.payload, done.method) == (first.attempts, first.payload, "work")
+    assert await storage.get(first.id) == done
+    # The stale swap changed nothing.
+    assert await storage.get(second.id) == second
+    # The old version of `first` is now stale too.
+    assert await storage.apply([Transition(first.id, first.version, Failed("late"))]) == [None]
+    assert await storage.get(first.id) == done
+    assert await storage.apply([]) == []
+
+
+async def test_apply_batch_applies_in_order(storage: Storage) -> None:
+    """Transitions of one job in one batch apply one after the other."""
+    await storage.enqueue(make_job())
+    (job,) = await claim(storage)
+    v = job.version
+    first, again = await storage.apply(
+        [
+            Transition(job.id, v, AwaitingRetry(utcnow(), "e")),
+            Transition(job.id, v, Failed("lost the race")),
+        ]
+    )
+    assert first is not None
+    assert first.version > v
+    assert again is None
+    assert await storage.get(job.id) == first
+
+
+async def test_apply_sets_or_keeps_attempts_and_expiry(storage: Storage) -> None:
+    await storage.enqueue(make_job())
+    (job,) = await claim(storage)
+    retry_at = utcnow() + timedelta(seconds=30)
+    (kept,) = await storage.apply([Transition(job.id, job.version, AwaitingRetry(retry_at, "e"))])
+    assert kept is not None
+    assert kept.attempts == 1
+    assert kept.expires_at is None
+    assert kept.state == AwaitingRetry(retry_at, "e")
+    expires = utcnow() + timedelta(hours=1)
+    (reset,) = await storage.apply(
+        [Transition(job.id, kept.version, Enqueued(utcnow()), attempts=0, expires_at=expires)]
+    )
+    assert reset is not None
+    assert reset.attempts == 0
+    assert reset.expires_at == expires
+    (cleared,) = await storage.apply([Transition(job.id, reset.version, Deleted())])
+    assert cleared is not None
+    assert cleared.expires_at is None
+    assert await storage.get(job.id) == cleared
+
+
+async def test_apply_to_enqueued_makes_the_job_claimable(storage: Storage) -> None:
+    await storage.enqueue(make_job())
+    (job,) = await claim(storage)
+    assert await claim(storage) == []
+    (back,) = await storage.apply([Transition(job.id, job.version, Enqueued(utcnow()))])
+    assert back is not None
+    (again,) = await claim(storage)
+    assert again.id == job.id
+    assert again.attempts == 2
+
+
+# -- scheduler, stale claims, cleanup --------------------------------------
+
+
+async def test_promote_due_enqueues_only_due_scheduled_and_retries(storage: Storage) -> None:
+    now = utcnow()
+    past, future = now - timedelta(seconds=1), now + timedelta(hours=1)
+    due_scheduled = make_job(state=Scheduled(past))
+    at_now = make_job(state=Scheduled(now))
+    due_retry = make_job(state=AwaitingRetry(past, "e"))
+    due_retry.attempts = 1
+    later = [make_job(state=Scheduled(future)), make_job(state=AwaitingRetry(future, "e"))]
+    others = [
+        make_job(state=s) for s in EVERY_STATE if not isinstance(s, Scheduled | AwaitingRetry)
+    ]
+    for s in others:
+        if isinstance(s.state, Enqueued):
+            s.state = Enqueued(past)
+    await storage.enqueue_many([due_scheduled, at_now, due_retry, *later, *others])
+    before = {j.id: await storage.get(j.id) for j in (due_scheduled, at_now, due_retry)}
+
+    changed = await storage.promote_due(now)
+    assert {t.job.id for t in changed} == {due_scheduled.id, at_now.id, due_retry.id}
+    for t in changed:
+        old = before[t.job.id]
+        assert old is not None
+        assert t.old_state == old.state
+        assert isinstance(t.job.state, Enqueued)
+        assert t.job.version > old.version
+        assert t.job.attempts == old.attempts
+        assert await storage.get(t.job.id) == t.job
+    for job in [*later, *others]:
+        stored = await storage.get(job.id)
+        assert stored is not None
+        assert stored.state == job.state
+    assert await storage.promote_due(now) == []
+
+
+async def test_requeue_stale_by_claim_time(storage: Storage) -> None:
+    now = utcnow()
+    old = make_job(state=processing("srv", now - timedelta(seconds=10)))
+    old.attempts = 2
+    fresh = make_job(state=processing("srv", now - timedelta(seconds=1)))
+    at_cutoff = make_job(state=processing("srv", now - timedelta(seconds=5)))  # not *before*
+    await storage.enqueue_many(
+        [old, fresh, at_cutoff, make_job(state=Scheduled(now - timedelta(hours=1)))]
+    )
+    changed = await storage.requeue_stale(now - timedelta(seconds=5), now)
+    assert [t.job.id for t in changed] == [old.id]
+    (t,) = changed
+    assert t.old_state == old.state
+    assert isinstance(t.job.state, Enqueued)
+    assert t.job.attempts == 2
+    assert await storage.get(old.id) == t.job
+    stored_fresh = await storage.get(fresh.id)
+    assert stored_fresh is not None
+    assert stored_fresh.state == fresh.state
+    (claimed,) = await claim(storage)
+    assert claimed.id == old.id
+    assert claimed.attempts == 3
+
+
+async def test_delete_expired_at_or_before_now(storage: Storage) -> None:
+    now = utcnow()
+    jobs = []
+    for expires in (now - timedelta(days=1), now, now + timedelta(seconds=1), None):
+        job = make_job(state=Succeeded(None, 0.1))
+        job.expires_at = expires
+        jobs.append(job)
+    await storage.enqueue_many(jobs)
+    assert await storage.delete_expired(now) == 2
+    assert [await storage.get(j.id) is None for j in jobs] == [True, True, False, False]
+    assert await storage.delete_expired(now) == 0
+
+
+# -- servers ---------------------------------------------------------------
+
+
+def server(server_id: str, heartbeat: datetime, queues: list[str] | None = None) -> ServerInfo:
+    return ServerInfo(
+        id=server_id,
+        name=server_id.split("#")[0],
+        worker_count=4,
+        queues=["default", "mail"] if queues is None else queues,
+        started_at=heartbeat - timedelta(minutes=5),
+        last_heartbeat=heartbeat,
+    )
+
+
+async def test_server_rows(storage: Storage) -> None:
+    now = utcnow()
+    a, b = server("a#1", now), server("b#2", now, queues=[])
+    await storage.register_server(a)
+    await storage.register_server(b)
+    assert sorted(
+        (s.id, s.name, s.worker_count, s.queues) for s in await storage.list_servers()
+    ) == [
+        ("a#1", "a", 4, ["default", "mail"]),
+        ("b#2", "b", 4, []),
+    ]
+    later = now + timedelta(seconds=10)
+    assert await storage.heartbeat("a#1", later) is True
+    assert await storage.heartbeat("zz#9", later) is False
+    rows = {s.id: s for s in await storage.list_servers()}
+    assert rows["a#1"].last_heartbeat == later
+    assert rows["a#1"].started_at == a.started_at
+    assert rows["b#2"].last_heartbeat == now
+    # Registering again replaces the row.
+    await storage.register_server(server("a#1", now, queues=["x"]))
+    assert {s.id: s.queues for s in await storage.list_servers()}["a#1"] == ["x"]
+    await storage.deregister_server("a#1")
+    await storage.deregister_server("a#1")
+    assert [s.id for s in await storage.list_servers()] == ["b#2"]
+    assert await storage.heartbeat("a#1", later) is False
+
+
+async def test_reclaim_dead_requeues_only_dead_servers_jobs(storage: Storage) -> None:
+    now = utcnow()
+    cutoff = now - timedelta(seconds=60)
+    await storage.register_server(server("dead#1", now - timedelta(seconds=120)))
+    await storage.register_server(server("live#2", now - timedelta(seconds=5)))
+    dead_jobs = [
+        make_job(state=processing("dead#1", now - timedelta(seconds=200))) for _ in range(2)
+    ]
+    dead_jobs[0].attempts = 3
+    live_job = make_job(state=processing("live#2", now - timedelta(seconds=200)))
+    unknown = make_job(state=processing("never-registered", now - timedelta(seconds=200)))
+    other = make_job(state=Failed("x"))
+    await storage.enqueue_many([*dead_jobs, live_job, unknown, other])
+
+    changed = await storage.reclaim_dead(cutoff, now)
+    assert sorted(t.job.id for t in changed) == sorted(j.id for j in dead_jobs)
+    for t in changed:
+        assert isinstance(t.old_state, Processing)
+        assert t.old_state.server_name == "dead#1"
+        assert isinstance(t.job.state, Enqueued)
+        assert await storage.get(t.job.id) == t.job
+    reclaimed = {t.job.id: t.job for t in changed}
+    assert reclaimed[dead_jobs[0].id].attempts == 3
+    for job in (live_job, unknown, other):
+        stored = await storage.get(job.id)
+        assert stored is not None
+        assert stored.state == job.state
+    assert [s.id for s in await storage.list_servers()] == ["live#2"]
+    assert await storage.reclaim_dead(cutoff, now) == []
+
+
+async def test_reclaim_dead_removes_rows_without_jobs(storage: Storage) -> None:
+    now = utcnow()
+    await storage.register_server(server("idle#1", now - timedelta(hours=1)))
+    assert await storage.reclaim_dead(now - timedelta(seconds=60), now) == []
+    assert await storage.list_servers() == []
+
+
+# -- recurring -------------------------------------------------------------
+
+
+def template(rid: str, next_run_at: datetime, cron: str = "*/5 * * * * *") -> RecurringJob:
+    return RecurringJob(
+        id=rid,
+        cron=cron,
+        method="digest",
+        payload={"kind": rid},
+        queue="reports",
+        next_run_at=next_run_at,
+        priority=3,
+    )
+
+
+async def test_recurring_upsert_replace_remove_list(storage: Storage) -> None:
+    now = utcnow()
+    await storage.upsert_recurring(template("a", now))
+    await storage.upsert_recurring(template("b", now))
+    assert sorted(r.id for r in await storage.list_recurring()) == ["a", "b"]
+    replaced = template("a", now + timedelta(hours=1), cron="0 0 8 * * *")
+    await storage.upsert_recurring(replaced)
+    rows = {r.id: r for r in await storage.list_recurring()}
+    assert rows["a"] == replaced
+    assert rows["b"] == template("b", now)
+    assert await storage.remove_recurring("a") is True
+    assert await storage.remove_recurring("a") is False
+    assert [r.id for r in await storage.list_recurring()] == ["b"]
+
+
+async def test_recurring_payload_must_be_json(storage: Storage) -> None:
+    bad = template("bad", utcnow())
+    bad.payload = {"x": object()}
+    with pytest.raises(TypeError):
+        await storage.upsert_recurring(bad)
+    assert await storage.list_recurring() == []
+
+
+def fixed_next_run(step: timedelta) -> tuple[Callable[[str, datetime], datetime], list[Any]]:
+    calls: list[Any] = []
+
+    def next_run(cron: str, after: datetime) -> datetime:
+        calls.append((cron, after))
+        return after + step
+
+    return next_run, calls
+
+
+async def test_enqueue_due_recurring_once_per_occurrence(storage: Storage) -> None:
+    now = utcnow()
+    await storage.upsert_recurring(template("due", now - timedelta(minutes=10)))
+    await storage.upsert_recurring(template("later", now + timedelta(minutes=10)))
+    next_run, calls = fixed_next_run(timedelta(seconds=5))
+
+    made = await storage.enqueue_due_recurring(now, next_run)
+    assert len(made) == 1
+    (job,) = made
+    assert (job.method, job.payload, job.queue, job.priority) == (
+        "digest",
+        {"kind": "due"},
+        "reports",
+        3,
+    )
+    assert isinstance(job.state, Enqueued)
+    stored = await storage.get(job.id)
+    assert stored is not None
+    assert (stored.method, stored.payload, stored.queue) == ("digest", {"kind": "due"}, "reports")
+    assert isinstance(stored.state, Enqueued)
+    assert calls == [("*/5 * * * * *", now)]  # missed occurrences collapse into one
+    rows = {r.id: r for r in await storage.list_recurring()}
+    assert rows["due"].next_run_at == now + timedelta(seconds=5)
+    assert rows["later"].next_run_at == now + timedelta(minutes=10)
+    # Same instant again: nothing is due any more.
+    assert await storage.enqueue_due_recurring(now, next_run) == []
+    # The next occurrence.
+    assert len(await storage.enqueue_due_recurring(now + timedelta(seconds=5), next_run)) == 1
+    assert counts(await storage.count_by_state()) == {"enqueued": 2}
+
+
+async def test_enqueue_due_recurring_concurrent_callers_enqueue_once(storage: Storage) -> None:
+    now = utcnow()
+    for rid in ("a", "b", "c"):
+        await storage.upsert_recurring(template(rid, now - timedelta(seconds=1)))
+    next_run, _ = fixed_next_run(timedelta(minutes=1))
+    made: list[Job] = []
+
+    async def poll() -> None:
+        made.extend(await storage.enqueue_due_recurring(now, next_run))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(6):
+            nursery.start_soon(poll)
+    assert sorted(job.payload["kind"] for job in made) == ["a", "b", "c"]
+    assert counts(await storage.count_by_state()) == {"enqueued": 3}
+
+
+async def test_enqueue_due_recurring_across_storages_enqueues_once(shared_url: str) -> None:
+    now = utcnow()
+    next_run, _ = fixed_next_run(timedelta(minutes=1))
+    made: list[Job] = []
+    async with open_storage(shared_url) as one, open_storage(shared_url) as two:
+        for rid in ("a", "b", "c", "d"):
+            await one.upsert_recurring(template(rid, now - timedelta(seconds=1)))
+
+        async def poll(storage: Storage) -> None:
+            made.extend(await storage.enqueue_due_recurring(now, next_run))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(poll, one)
+                nursery.start_soon(poll, two)
+        assert sorted(job.payload["kind"] for job in made) == ["a", "b", "c", "d"]
+        assert counts(await two.count_by_state()) == {"enqueued": 4}
+
+
+# -- wait_for_work, lifecycle ----------------------------------------------
+
+
+async def test_wait_for_work_wakes_on_enqueue(storage: Storage) -> None:
+    woke = trio.Event()
+
+    async def waiter(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await storage.wait_for_work()
+        woke.set()
+
+    with trio.fail_after(10):  # only a wake-up returns: the wait itself has no end
+        async with trio.open_nursery() as nursery:
+            await nursery.start(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not woke.is_set()
+            await storage.enqueue(make_job())
+            await woke.wait()
+
+
+async def test_wait_for_work_wakes_on_promotion(storage: Storage) -> None:
+    now = utcnow()
+    await storage.enqueue(make_job(state=Scheduled(now - timedelta(seconds=1))))
+    woke = trio.Event()
+
+    async def waiter(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await storage.wait_for_work()
+        woke.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(await storage.promote_due(now)) == 1
+            await woke.wait()
+
+
+async def test_wait_for_work_blocks_without_work(storage: Storage) -> None:
+    with trio.move_on_after(0.05) as scope:
+        await storage.wait_for_work()
+    assert scope.cancelled_caught
+
+
+async def test_aclose_is_idempotent(storage_url: str) -> None:
+    async with open_storage(storage_url) as storage:
+        await storage.enqueue(make_job())
+        await storage.aclose()
+        await storage.aclose()
+    await storage.aclose()
+
+
+async def test_data_survives_reopen(shared_url: str) -> None:
+    job = make_job(state=Scheduled(T0))
+    async with open_storage(shared_url) as storage:
+        await storage.enqueue(job)
+    async with open_storage(shared_url) as storage:
+        got = await storage.get(job.id)
+    assert got is not None
+    assert got.state == Scheduled(T0)
+
+
+@pytest.mark.parametrize("url", ["mysql://x", "sqlite://relative.db", "", "redis://h/0"])
+async def test_open_storage_unknown_scheme(url: str) -> None:
+    with pytest.raises(ValueError, match="memory://") as info:
+        async with open_storage(url):
+            pass
+    assert "sqlite:///" in str(info.value)
+    assert "postgresql://" in str(info.value)
+
+
+# -- a property: random enqueue / claim / apply against a model ------------
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("enqueue"), st.integers(-2, 2), st.integers(1, 3)),
+        st.tuples(st.just("claim"), st.integers(1, 4), st.booleans()),
+        st.tuples(
+            st.just("apply"), st.integers(0, 50), st.sampled_from(["done", "retry", "stale"])
+        ),
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=OPS)
+def test_random_operations_match_a_model(storage_url: str, ops: list[tuple[Any, ...]]) -> None:
+    """No job is claimed while claimed; claims follow the order; versions only grow.
+
+    Each example uses its own queue, so examples can share one store.
+    """
+    queue = f"q-{uuid.uuid4()}"
+    seq = itertools.count()
+
+    async def main() -> None:
+        # id -> (priority, creation rank, state name, version, attempts)
+        model: dict[str, list[Any]] = {}
+        async with open_storage(storage_url) as storage:
+            for op in ops:
+                if op[0] == "enqueue":
+                    jobs = [make_job(priority=op[1], queue=queue) for _ in range(op[2])]
+                    await storage.enqueue_many(jobs)
+                    for job in jobs:
+                        stored = await storage.get(job.id)
+                        assert stored is not None
+                        model[job.id] = [job.priority, next(seq), "enqueued", stored.version, 0]
+                elif op[0] == "claim":
+                    claimable = sorted(
+                        (m for m in model.items() if m[1][2] == "enqueued"),
+                        key=lambda m: (-m[1][0], m[1][1]),
+                    )
+                    got = await storage.claim(
+                        queues=[queue] if op[2] else [queue, "elsewhere"],
+                        worker_ids=[f"w{i}" for i in range(op[1])],
+                        server_name="srv",
+                        now=utcnow(),
+                    )
+                    assert [j.id for j in got] == [m[0] for m in claimable[: op[1]]]
+                    for job in got:
+                        entry = model[job.id]
+                        assert job.version > entry[3]
+                        assert job.attempts == entry[4] + 1
+                        entry[2:] = ["processing", job.version, job.attempts]
+                else:
+                    held = [k for k, m in model.items() if m[2] == "processing"]
+                    if not held:
+                        continue
+                    job_id = held[op[1] % len(held)]
+                    entry = model[job_id]
+                    version = entry[3] - 1 if op[2] == "stale" else entry[3]
+                    state: JobState = (
+                        Succeeded(op[1], 0.1) if op[2] == "done" else Enqueued(utcnow())
+                    )
+                    (result,) = await storage.apply([Transition(job_id, version, state)])
+                    if op[2] == "stale":
+                        assert result is None
+                    else:
+                        assert result is not None
+                        assert result.version > entry[3]
+                        entry[2:4] = [state.name, result.version]
+            for job_id, entry in model.items():
+                stored = await storage.get(job_id)
+                assert stored is not None
+                assert (stored.state.name, stored.version, stored.attempts) == (
+                    entry[2],
+                    entry[3],
+                    entry[4],
+                )
+
+    trio.run(main)

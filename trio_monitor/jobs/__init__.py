@@ -1,0 +1,55 @@
+"""A persistent background-job server on Trio.
+
+Jobs survive restarts; a job claimed by a worker that died is run again
+(at-least-once); several servers can share one storage. Storage is embedded
+SQLite by default, PostgreSQL when you outgrow one machine, or memory for
+tests.
+"""
+
+from .._public import document_as_public
+from ._model import (
+    AwaitingRetry,
+    Deleted,
+    Enqueued,
+    Failed,
+    Job,
+    JobState,
+    Processing,
+    RecurringJob,
+    Scheduled,
+    ServerInfo,
+    Succeeded,
+    Transition,
+    Transitioned,
+)
+from ._processor import RetryPolicy
+from ._server import JobServer, ServerConfig, ServerError
+from ._storage import Storage, open_storage
+from ._workers import WorkerContext, WorkerRegistry
+
+__all__ = [
+    "AwaitingRetry",
+    "Deleted",
+    "Enqueued",
+    "Failed",
+    "Job",
+    "JobServer",
+    "JobState",
+    "Processing",
+    "RecurringJob",
+    "RetryPolicy",
+    "Scheduled",
+    "ServerConfig",
+    "ServerError",
+    "ServerInfo",
+    "Storage",
+    "Succeeded",
+    "Transition",
+    "Transitioned",
+    "WorkerContext",
+    "WorkerRegistry",
+    "open_storage",
+]
+
+
+document_as_public(globals(), __all__, __name__)
