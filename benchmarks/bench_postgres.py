@@ -1,0 +1,422 @@
+"""The job server on PostgreSQL against procrastinate and saq (their Postgres queue).
+
+Usage: ``python benchmarks/bench_postgres.py [--quick] [--rounds R] [--jobs N]
+[--concurrency C] [--systems trio_monitor,procrastinate,saq]``
+
+Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``), then for each
+round and each system (alternating, a fresh database each time):
+
+* **throughput**: N no-op jobs are enqueued first (not timed) by a producer
+  process; then a worker process with C concurrent workers starts and is
+  timed from just before its worker starts to the moment the N-th job's
+  function has run. Reported: jobs/s, median of the rounds.
+* **latency**: a worker process with C idle workers; a separate producer
+  process enqueues one job at a time with a gap, stamping ``time.time()``
+  just before the enqueue; the job function records ``time.time()`` at its
+  first line. Reported: p50 / p99 of enqueue-to-start (wall clock, both
+  processes on one machine).
+
+Each system is driven the way its documentation says: procrastinate with
+``App(connector=PsycopgConnector(...))``, ``defer_async`` /
+``batch_defer_async`` and ``run_worker_async(concurrency=C)``; saq with
+``Queue.from_url("postgres://...")``, ``queue.enqueue`` and
+``Worker(queue, functions, concurrency=C)``; trio_monitor with
+``JobServer(ServerConfig(worker_count=C))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SYSTEMS = ("trio_monitor", "procrastinate", "saq")
+
+
+# -- trio_monitor --------------------------------------------------------------
+
+
+def trio_monitor_enqueue(url: str, n: int, gap: float) -> None:
+    import trio
+
+    from trio_monitor import jobs
+
+    async def main() -> None:
+        async with jobs.open_storage(url) as storage:
+            if gap:
+                for _ in range(n):
+                    await trio.sleep(gap)
+                    await storage.enqueue(jobs.Job.new("noop", {"t": time.time()}))
+            else:
+                for start in range(0, n, 1000):
+                    batch = [jobs.Job.new("noop", {"t": 0}) for _ in range(min(1000, n - start))]
+                    await storage.enqueue_many(batch)
+
+    trio.run(main)
+
+
+def trio_monitor_work(url: str, n: int, concurrency: int, ready: Any) -> dict[str, Any]:
+    import trio
+
+    from trio_monitor import jobs
+
+    starts: list[float] = []
+    done = 0
+    finished = trio.Event()
+    workers = jobs.WorkerRegistry()
+
+    @workers.worker("noop")
+    async def noop(job: jobs.Job, ctx: Any) -> None:
+        nonlocal done
+        starts.append(time.time() - job.payload["t"])
+        done += 1
+        if done == n:
+            finished.set()
+
+    result: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with jobs.open_storage(url) as storage:
+            config = jobs.ServerConfig(
+                server_name="bench",
+                worker_count=concurrency,
+                fetch_batch_size=concurrency,
+                polling_interval=1.0,
+            )
+            server = jobs.JobServer(config, storage, workers)
+            async with trio.open_nursery() as nursery:
+                t0 = time.perf_counter()
+                await nursery.start(server.run)
+                ready()
+                await finished.wait()
+                result["elapsed"] = time.perf_counter() - t0
+                await server.stop()
+
+    trio.run(main)
+    result["latencies"] = starts
+    return result
+
+
+# -- procrastinate ---------------------------------------------------------------
+
+
+def _procrastinate_app(url: str) -> Any:
+    import procrastinate
+
+    return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+
+def procrastinate_enqueue(url: str, n: int, gap: float) -> None:
+    app = _procrastinate_app(url)
+
+    @app.task(name="noop")
+    async def noop(t: float) -> None:
+        pass
+
+    async def main() -> None:
+        async with app.open_async():
+            if gap:
+                for _ in range(n):
+                    await asyncio.sleep(gap)
+                    await noop.defer_async(t=time.time())
+            else:
+                for start in range(0, n, 1000):
+                    await noop.batch_defer_async(*[{"t": 0} for _ in range(min(1000, n - start))])
+
+    asyncio.run(main())
+
+
+def procrastinate_work(url: str, n: int, concurrency: int, ready: Any) -> dict[str, Any]:
+    app = _procrastinate_app(url)
+    starts: list[float] = []
+    done = 0
+    finished = asyncio.Event()
+
+    @app.task(name="noop")
+    async def noop(t: float) -> None:
+        nonlocal done
+        starts.append(time.time() - t)
+        done += 1
+        if done == n:
+            finished.set()
+
+    result: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with app.open_async():
+            t0 = time.perf_counter()
+            worker = asyncio.create_task(
+                app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
+            )
+            if ready is not _noop:
+                await asyncio.sleep(0.5)  # started and idle
+            ready()
+            await finished.wait()
+            result["elapsed"] = time.perf_counter() - t0
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    asyncio.run(main())
+    result["latencies"] = starts
+    return result
+
+
+def procrastinate_setup(url: str) -> None:
+    app = _procrastinate_app(url)
+
+    async def main() -> None:
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()
+
+    asyncio.run(main())
+
+
+# -- saq ----------------------------------------------------------------------------
+
+
+def _saq_url(url: str) -> str:
+    return url.replace("postgresql://", "postgres://", 1)
+
+
+def saq_enqueue(url: str, n: int, gap: float) -> None:
+    from saq import Queue
+
+    async def main() -> None:
+        queue = Queue.from_url(_saq_url(url))
+        await queue.connect()
+        try:
+            if gap:
+                for _ in range(n):
+                    await asyncio.sleep(gap)
+                    await queue.enqueue("noop", t=time.time())
+            else:
+                await asyncio.gather(
+                    *(
+                        asyncio.gather(*(queue.enqueue("noop", t=0) for _ in range(100)))
+                        for _ in range(n // 100)
+                    )
+                )
+                for _ in range(n % 100):
+                    await queue.enqueue("noop", t=0)
+        finally:
+            await queue.disconnect()
+
+    asyncio.run(main())
+
+
+def saq_work(url: str, n: int, concurrency: int, ready: Any) -> dict[str, Any]:
+    from saq import Queue, Worker
+
+    starts: list[float] = []
+    done = 0
+    finished = asyncio.Event()
+
+    async def noop(ctx: Any, *, t: float) -> None:
+        nonlocal done
+        starts.append(time.time() - t)
+        done += 1
+        if done == n:
+            finished.set()
+
+    result: dict[str, Any] = {}
+
+    async def main() -> None:
+        queue = Queue.from_url(_saq_url(url))
+        t0 = time.perf_counter()
+        await queue.connect()
+        worker = Worker(queue, functions=[("noop", noop)], concurrency=concurrency)
+        task = asyncio.create_task(worker.start())
+        if ready is not _noop:
+            await asyncio.sleep(0.5)  # started and idle
+        ready()
+        await finished.wait()
+        result["elapsed"] = time.perf_counter() - t0
+        # An idle saq worker can hang in stop(); the measurement is done.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.stop(), 5.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    result["latencies"] = starts
+    return result
+
+
+def saq_setup(url: str) -> None:
+    from saq import Queue
+
+    async def main() -> None:
+        queue = Queue.from_url(_saq_url(url))
+        await queue.connect()  # creates the schema
+        await queue.disconnect()
+
+    asyncio.run(main())
+
+
+def trio_monitor_setup(url: str) -> None:
+    trio_monitor_enqueue(url, 0, 0.0)  # opening migrates the schema
+
+
+# -- driver ---------------------------------------------------------------------------
+
+
+def _noop() -> None:
+    pass
+
+
+def _ready_line() -> None:
+    print("READY", flush=True)
+
+
+def child(args: argparse.Namespace) -> None:
+    module = sys.modules[__name__]
+    if args.role == "setup":
+        getattr(module, f"{args.system}_setup")(args.url)
+    elif args.role == "enqueue":
+        getattr(module, f"{args.system}_enqueue")(args.url, args.jobs, args.gap)
+    else:
+        ready = _ready_line if args.role == "latency-worker" else _noop
+        result = getattr(module, f"{args.system}_work")(
+            args.url, args.jobs, args.concurrency, ready
+        )
+        print("RESULT " + json.dumps(result), flush=True)
+
+
+# Children's logs (peers log a lot) go to one file, shown when a child fails.
+LOG = Path(tempfile.gettempdir()) / "bench_postgres.log"
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    with LOG.open("a") as log:
+        return subprocess.Popen(
+            [sys.executable, __file__, *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=ROOT,
+        )
+
+
+def _result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed with exit code {proc.returncode}; see {LOG}")
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return result
+    raise RuntimeError("child printed no result")
+
+
+def _run(*args: str) -> None:
+    with LOG.open("a") as log:
+        subprocess.run([sys.executable, __file__, *args], check=True, cwd=ROOT, stderr=log)
+
+
+def throughput(system: str, url: str, n: int, concurrency: int) -> float:
+    common = ["--system", system, "--url", url]
+    _run("--role", "setup", *common)
+    _run("--role", "enqueue", *common, "--jobs", str(n), "--gap", "0")
+    proc = _spawn("--role", "worker", *common, "--jobs", str(n), "--concurrency", str(concurrency))
+    return n / float(_result(proc, timeout=600)["elapsed"])
+
+
+def latency(system: str, url: str, n: int, concurrency: int, gap: float) -> list[float]:
+    common = ["--system", system, "--url", url]
+    _run("--role", "setup", *common)
+    proc = _spawn(
+        "--role", "latency-worker", *common, "--jobs", str(n), "--concurrency", str(concurrency)
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while proc.stdout.readline().strip() != "READY":
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system} latency worker died")
+    time.sleep(0.5)  # let it go idle
+    _run("--role", "enqueue", *common, "--jobs", str(n), "--gap", str(gap))
+    return [float(x) for x in _result(proc, timeout=600)["latencies"]]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--gap", type=float, default=0.02)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--system", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role != "main":
+        child(args)
+        return
+    if args.quick:
+        args.rounds, args.jobs, args.latency_jobs = 1, 1000, 30
+
+    from tests.pg_cluster import PgCluster
+
+    systems = [s for s in args.systems.split(",") if s]
+    rates: dict[str, list[float]] = {s: [] for s in systems}
+    lats: dict[str, list[float]] = {s: [] for s in systems}
+    failed: dict[str, str] = {}
+    with PgCluster.start() as cluster:
+        for round_ in range(args.rounds):
+            order = systems if round_ % 2 == 0 else systems[::-1]
+            for system in order:
+                if system in failed:
+                    continue
+                try:
+                    url = cluster.create_database(f"bench_{system}_{round_}_t")
+                    rates[system].append(throughput(system, url, args.jobs, args.concurrency))
+                    url = cluster.create_database(f"bench_{system}_{round_}_l")
+                    lats[system].extend(
+                        latency(system, url, args.latency_jobs, args.concurrency, args.gap)
+                    )
+                except Exception as exc:
+                    failed[system] = f"{type(exc).__name__}: {exc}"
+                print(f"round {round_ + 1}: {system} done", file=sys.stderr, flush=True)
+
+    print(
+        f"\nN={args.jobs} no-op jobs, concurrency={args.concurrency}, rounds={args.rounds}, "
+        f"latency: {args.latency_jobs} jobs, gap {args.gap * 1000:.0f} ms"
+    )
+    print(f"{'system':<14} {'jobs/s (median)':>16} {'runs':>28} {'p50 ms':>8} {'p99 ms':>8}")
+    for system in systems:
+        if system in failed:
+            print(f"{system:<14} failed: {failed[system]}")
+            continue
+        runs = " ".join(f"{r:.0f}" for r in rates[system])
+        p50 = percentile(lats[system], 0.5) * 1000
+        p99 = percentile(lats[system], 0.99) * 1000
+        print(
+            f"{system:<14} {statistics.median(rates[system]):>16.0f} {runs:>28} "
+            f"{p50:>8.2f} {p99:>8.2f}"
+        )
+    ours = rates.get("trio_monitor")
+    peers = [statistics.median(rates[s]) for s in systems if s != "trio_monitor" and rates[s]]
+    if ours and peers:
+        print(f"\ntrio_monitor / best peer throughput: {statistics.median(ours) / max(peers):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
