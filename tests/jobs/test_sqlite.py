@@ -9,12 +9,14 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_monitor.jobs import (
     AwaitingRetry,
@@ -398,6 +400,131 @@ async def test_cancelled_call_finishes_its_transaction(
         stored = await storage.get(job.id)
         assert stored is not None
         assert isinstance(stored.state, Enqueued)
+
+
+@pytest.fixture
+def write_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every combined write transaction the storage runs."""
+    sizes: list[int] = []
+    run_writes = _sqlite._run_writes
+
+    def recorded(conn: sqlite3.Connection, batch: list[_sqlite._Write]) -> None:
+        sizes.append(len(batch))
+        run_writes(conn, batch)
+
+    monkeypatch.setattr(_sqlite, "_run_writes", recorded)
+    return sizes
+
+
+async def test_concurrent_writes_share_a_transaction_but_fail_alone(
+    tmp_path: Path, locker: sqlite3.Connection, write_batches: list[int]
+) -> None:
+    path = tmp_path / "locked.db"
+    first, good, clash = Job.new("m", 1), Job.new("m", 2), Job.new("m", 3)
+    async with open_storage(url(path, "?busy_timeout=5")) as storage:
+        await storage.enqueue(clash)
+        write_batches.clear()
+        locker.execute("BEGIN IMMEDIATE")
+        errors: list[Exception] = []
+
+        async def enqueue_clashing() -> None:
+            try:
+                await storage.enqueue_many([Job.new("m", 4), clash])
+            except ValueError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.enqueue, first)  # blocked on the lock, in its thread
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(storage.enqueue, good)
+            nursery.start_soon(enqueue_clashing)
+            await trio.testing.wait_all_tasks_blocked()
+            locker.execute("ROLLBACK")
+        assert write_batches == [1, 2]
+        assert len(errors) == 1
+        assert "already exist" in str(errors[0])
+        # The failing write was rolled back alone; its neighbour committed.
+        stored = {job.payload for job in await storage.list_jobs()}
+        assert stored == {1, 2, 3}
+
+
+async def test_a_write_cancelled_before_its_transaction_is_dropped(
+    tmp_path: Path, locker: sqlite3.Connection
+) -> None:
+    path = tmp_path / "locked.db"
+    first, dropped = Job.new("m", 1), Job.new("m", 2)
+    async with open_storage(url(path, "?busy_timeout=5")) as storage:
+        locker.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.enqueue, first)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.move_on_after(0.01) as scope:
+                await storage.enqueue(dropped)  # queued behind ``first``
+            # Cancelled at once, while ``first`` still waits for the lock.
+            assert scope.cancelled_caught
+            locker.execute("ROLLBACK")
+        assert await storage.get(first.id) is not None
+        assert await storage.get(dropped.id) is None
+
+
+async def test_writes_started_together_share_a_transaction(
+    tmp_path: Path, write_batches: list[int]
+) -> None:
+    async with open_storage(url(tmp_path / "j.db")) as storage:
+        write_batches.clear()
+        async with trio.open_nursery() as nursery:
+            for n in range(3):
+                nursery.start_soon(storage.enqueue, Job.new("m", n))
+        assert write_batches == [3]
+        assert len(await storage.list_jobs()) == 3
+
+
+async def test_a_write_cancelled_inside_a_shared_transaction_lands(
+    tmp_path: Path, write_batches: list[int]
+) -> None:
+    """Once taken into a transaction, a write behaves like an uncancellable call."""
+    job = Job.new("m", 1)
+    gates = [threading.Event(), threading.Event()]
+    second_running = threading.Event()
+
+    def first(conn: sqlite3.Connection) -> None:
+        gates[0].wait(10)
+
+    def second(conn: sqlite3.Connection) -> None:
+        second_running.set()
+        gates[1].wait(10)
+
+    async with open_storage(url(tmp_path / "j.db")) as storage:
+        write_batches.clear()
+        returned = False
+        scope = trio.CancelScope()
+
+        async def enqueue_cancelled() -> None:
+            nonlocal returned
+            with scope:
+                await storage.enqueue(job)
+                returned = True
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage._write, first)  # in its thread
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(storage._write, second)  # next to go
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(enqueue_cancelled)  # queued behind it
+            await trio.testing.wait_all_tasks_blocked()
+            gates[0].set()  # the second write takes the enqueue into its transaction
+            await trio.to_thread.run_sync(second_running.wait, 10)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not returned  # still waiting for the transaction
+            gates[1].set()
+        assert write_batches == [1, 2]
+        # It returned its result; the next checkpoint raised Cancelled.
+        assert returned
+        assert scope.cancelled_caught
+        assert await storage.get(job.id) is not None
 
 
 async def test_closed_storage_refuses_calls(tmp_path: Path) -> None:

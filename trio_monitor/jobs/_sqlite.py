@@ -15,13 +15,19 @@ Design, in short:
   take it. A method that fails rolls its transaction back and the connection
   stays usable; "database is locked" (after the busy timeout) propagates as
   :class:`sqlite3.OperationalError` for the caller to back off on.
+* Writes that are waiting at the same time share one hop and one
+  transaction (each in its own ``SAVEPOINT``, so one that fails is rolled
+  back alone): the job server's claim and its batch of outcomes usually go
+  together.
 * Calls are not abandoned on cancellation (``abandon_on_cancel=False``), so
-  a cancelled Trio task never leaves a transaction half done: it waits for
-  the worker thread to commit or roll back, gets the call's result like any
-  uncancellable Trio call, and sees :class:`trio.Cancelled` at its next
-  checkpoint. A caller cancelled right after a claim returns therefore holds
-  the claimed jobs; if it drops them, the job server's recovery paths (stale
-  claims, dead servers, requeue on stop) bring them back.
+  a cancelled Trio task never leaves a transaction half done: once its call
+  has reached the worker thread it waits for the commit or rollback, gets
+  the call's result like any uncancellable Trio call, and sees
+  :class:`trio.Cancelled` at its next checkpoint. A write cancelled before
+  it was taken into a transaction is dropped and raises at once. A caller
+  cancelled right after a claim returns therefore holds the claimed jobs;
+  if it drops them, the job server's recovery paths (stale claims, dead
+  servers, requeue on stop) bring them back.
 * Timestamps are stored as integer microseconds since the Unix epoch (exact,
   and cheap to compare in indexes); they come back as UTC datetimes. Payloads
   and states are JSON text (:func:`~trio_monitor.jobs._model.encode_state`),
@@ -39,7 +45,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import attrs
@@ -323,6 +329,9 @@ class SQLiteStorage:
         self._path = path
         self._limiter = limiter
         self._wakeup = WakeUp()
+        # Writes waiting for the next transaction, and who may start one.
+        self._writes: list[_Write] = []
+        self._write_lock = trio.Lock()
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout: float | None = None) -> SQLiteStorage:
@@ -383,8 +392,49 @@ class SQLiteStorage:
         return fn(conn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn(connection)`` in one ``BEGIN IMMEDIATE`` transaction."""
-        return await self._call(lambda conn: _transaction(conn, fn))
+        """Run ``fn(connection)`` in a ``BEGIN IMMEDIATE`` transaction.
+
+        Writes queued while another is in flight, or in the same scheduling
+        round, are combined: whoever gets the lock first runs them all in one
+        hop, each inside its own savepoint. An ``Exception`` from ``fn``
+        rolls back its own writes only, and is raised to its own caller.
+        """
+        if self._conn is None:
+            raise trio.ClosedResourceError("this SQLite storage is closed")
+        write = _Write(fn)
+        self._writes.append(write)
+        try:
+            # Acquiring is a schedule point, even when the lock is free: the
+            # writers made runnable with us have queued theirs by now.
+            async with self._write_lock:
+                if write.result is None:
+                    batch, self._writes = self._writes, []
+                    try:
+                        await self._call(lambda conn: _run_writes(conn, batch))
+                    except BaseException as exc:
+                        for other in batch:
+                            if other.result is None:
+                                other.result = (False, exc)
+                        raise
+                    finally:
+                        for other in batch:
+                            other.done.set()
+        except BaseException as exc:
+            if write in self._writes:  # not taken: nothing was done
+                self._writes.remove(write)
+                raise
+            if not isinstance(exc, trio.Cancelled):
+                raise
+            # In another caller's transaction: wait for it, like any
+            # uncancellable call; the next checkpoint raises Cancelled.
+            with trio.CancelScope(shield=True):
+                await write.done.wait()
+        assert write.result is not None  # set before ``done``, and before the lock is free
+        ok, value = write.result
+        if ok:
+            return cast(_T, value)
+        assert isinstance(value, BaseException)
+        raise value
 
     # -- jobs ------------------------------------------------------------
 
@@ -401,10 +451,9 @@ class SQLiteStorage:
             return []
 
         def run(conn: sqlite3.Connection) -> None:
-            params = [_insert_params(job) for job in jobs]  # may raise: nothing written yet
-            _transaction(conn, lambda c: _insert_jobs(c, params))
+            _insert_jobs(conn, [_insert_params(job) for job in jobs])
 
-        await self._call(run)
+        await self._write(run)
         if any(isinstance(job.state, Enqueued) for job in jobs):
             self._wakeup.notify()
         return [job.id for job in jobs]
@@ -558,9 +607,9 @@ class SQLiteStorage:
                         _opt_us(t.expires_at, "Transition.expires_at"),
                     )
                 )
-            return _transaction(conn, lambda c: _apply(c, transitions, states, params))
+            return _apply(conn, transitions, states, params)
 
-        results = await self._call(run)
+        results = await self._write(run)
         if any(
             job is not None and isinstance(job.state, Enqueued) for job in results
         ):  # a retry made due at once, a requeue
@@ -876,6 +925,47 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {step + 1}")
         logger.info("migrated SQLite job database %r to schema version %d", path, step + 1)
+
+
+class _Write:
+    """One caller's write, waiting for (or done in) a combined transaction."""
+
+    __slots__ = ("done", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        self.fn = fn
+        #: ``(True, value)`` or ``(False, exception)`` once run.
+        self.result: tuple[bool, object] | None = None
+        self.done = trio.Event()
+
+
+def _run_writes(conn: sqlite3.Connection, batch: list[_Write]) -> None:
+    """Run ``batch`` in one transaction, each write in its own savepoint."""
+    if len(batch) == 1:  # the common, uncontended case: no savepoint needed
+        write = batch[0]
+        try:
+            write.result = (True, _transaction(conn, write.fn))
+        except Exception as exc:
+            write.result = (False, exc)
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for write in batch:
+            conn.execute("SAVEPOINT write")
+            try:
+                value = write.fn(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO write")
+                write.result = (False, exc)
+            else:
+                write.result = (True, value)
+            conn.execute("RELEASE write")
+        conn.execute("COMMIT")
+    except Exception as exc:  # BEGIN or COMMIT failed: nothing was written
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        for write in batch:
+            write.result = (False, exc)
 
 
 def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
