@@ -941,29 +941,20 @@ class _Write:
 
 def _run_writes(conn: sqlite3.Connection, batch: list[_Write]) -> None:
     """Run ``batch`` in one transaction, each write in its own savepoint."""
-    if len(batch) == 1:  # the common, uncontended case: no savepoint needed
-        write = batch[0]
-        try:
-            write.result = (True, _transaction(conn, write.fn))
-        except Exception as exc:
-            write.result = (False, exc)
-        return
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+
+    def run_each(conn: sqlite3.Connection) -> None:
         for write in batch:
             conn.execute("SAVEPOINT write")
             try:
-                value = write.fn(conn)
+                write.result = (True, write.fn(conn))
             except Exception as exc:
                 conn.execute("ROLLBACK TO write")
                 write.result = (False, exc)
-            else:
-                write.result = (True, value)
             conn.execute("RELEASE write")
-        conn.execute("COMMIT")
+
+    try:
+        _transaction(conn, run_each)
     except Exception as exc:  # BEGIN or COMMIT failed: nothing was written
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
         for write in batch:
             write.result = (False, exc)
 
