@@ -27,42 +27,11 @@ import time
 from pathlib import Path
 
 import trio
+from _sqlite_floor import raw_round
 
 from trio_monitor.jobs import Job, Succeeded, Transition
 from trio_monitor.jobs._model import utcnow
 from trio_monitor.jobs._sqlite import SQLiteStorage
-
-
-def raw_round(path: Path, n: int) -> float:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute(
-        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, state TEXT, payload TEXT, result TEXT)"
-    )
-    conn.execute("CREATE INDEX jobs_state ON jobs (state, id)")
-    conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO jobs (state, payload) VALUES ('enqueued', ?)",
-        [(f'{{"n":{i}}}',) for i in range(n)],
-    )
-    conn.execute("COMMIT")
-    start = time.perf_counter()
-    done = 0
-    while True:
-        row = conn.execute(
-            "UPDATE jobs SET state = 'processing' WHERE id ="
-            " (SELECT id FROM jobs WHERE state = 'enqueued' ORDER BY id LIMIT 1)"
-            " RETURNING id, payload"
-        ).fetchone()
-        if row is None:
-            break
-        conn.execute("UPDATE jobs SET state = 'succeeded', result = 'null' WHERE id = ?", (row[0],))
-        done += 1
-    elapsed = time.perf_counter() - start
-    conn.close()
-    assert done == n
-    return n / elapsed
 
 
 async def storage_round(path: Path, n: int, batch: int) -> float:
