@@ -399,8 +399,6 @@ class SQLiteStorage:
         hop, each inside its own savepoint. An ``Exception`` from ``fn``
         rolls back its own writes only, and is raised to its own caller.
         """
-        if self._conn is None:
-            raise trio.ClosedResourceError("this SQLite storage is closed")
         write = _Write(fn)
         self._writes.append(write)
         try:
