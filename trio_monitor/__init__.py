@@ -9,6 +9,7 @@ supervisor nursery, so that no task outlives it:
 * :mod:`trio_monitor.jobs` - a persistent job server (SQLite, PostgreSQL).
 """
 
+from ._backoff import Backoff
 from ._errors import (
     QueueFull,
     RuntimeClosed,
@@ -32,6 +33,7 @@ from ._token import ShutdownToken
 __all__ = [
     "AbortHandle",
     "BackgroundRuntime",
+    "Backoff",
     "EarlyTermination",
     "Error",
     "FailureReason",

@@ -13,8 +13,8 @@ import attrs
 import trio
 
 from ._broadcast import Broadcaster
+from ._core import FINITE, INFINITE, FailurePolicy, SupervisedNursery, TaskState, open_component
 from ._failures import Panic, TaskFailure, TaskInfo
-from ._supervisor import FINITE, INFINITE, FailurePolicy, Supervisor, TaskState, open_component
 
 __all__ = ["MonitorStatistics", "TaskHandle", "TaskMonitor", "open_monitor"]
 
@@ -147,7 +147,9 @@ class TaskMonitor:
     point.
     """
 
-    def __init__(self, supervisor: Supervisor, broadcaster: Broadcaster[TaskFailure]) -> None:
+    def __init__(
+        self, supervisor: SupervisedNursery, broadcaster: Broadcaster[TaskFailure]
+    ) -> None:
         self._supervisor = supervisor
         self._broadcaster = broadcaster
         self._token = trio.lowlevel.current_trio_token()

@@ -22,9 +22,9 @@ import attrs
 import trio
 
 from ._broadcast import Broadcaster
+from ._core import FINITE, SupervisedNursery, TaskState, open_component
 from ._errors import ShutdownDeadlineExceeded
 from ._failures import Panic, TaskFailure
-from ._supervisor import FINITE, Supervisor, TaskState, open_component
 from ._token import ShutdownToken
 
 __all__ = ["AbortHandle", "TaskKind", "TaskRegistry", "TaskSummary", "open_registry"]
@@ -130,7 +130,10 @@ class TaskRegistry:
     """
 
     def __init__(
-        self, supervisor: Supervisor, token: ShutdownToken, broadcaster: Broadcaster[TaskFailure]
+        self,
+        supervisor: SupervisedNursery,
+        token: ShutdownToken,
+        broadcaster: Broadcaster[TaskFailure],
     ) -> None:
         self._supervisor = supervisor
         self._token = token

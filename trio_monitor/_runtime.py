@@ -7,7 +7,7 @@ The shape, and why:
   waiting jobs is a real bound on memory: nothing is moved to an unbounded
   set of tasks parked on a semaphore.
 * At most ``max_concurrent_tasks`` worker tasks, supervised by the core
-  :class:`~trio_monitor._supervisor.Supervisor`, pop jobs and run them inline,
+  :class:`~trio_monitor._core.SupervisedNursery`, pop jobs and run them inline,
   one after the other. An idle worker parks until a job arrives, and exits at
   shutdown. A job therefore costs a deque entry, not a Trio task: there is no
   task, nursery entry or cancel scope per job (a scope only when
@@ -34,9 +34,9 @@ import outcome
 import trio
 
 from ._broadcast import Broadcaster
+from ._core import FINITE, SupervisedNursery, capture, open_component
 from ._errors import QueueFull, RuntimeClosed, ShutdownTimeout
 from ._failures import Panic, TaskFailure, TaskInfo, next_task_id
-from ._supervisor import FINITE, Supervisor, capture, open_component
 
 __all__ = [
     "BackgroundRuntime",
@@ -216,7 +216,7 @@ class _Engine:
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: SupervisedNursery,
         config: RuntimeConfig,
         broadcaster: Broadcaster[TaskFailure],
     ) -> None:
@@ -649,7 +649,7 @@ async def open_runtime(
         raise TypeError(f"config must be a RuntimeConfig, not {type(config).__name__}")
     engines: list[_Engine] = []
 
-    def build(supervisor: Supervisor) -> BackgroundRuntime:
+    def build(supervisor: SupervisedNursery) -> BackgroundRuntime:
         engines.append(_Engine(supervisor, config, Broadcaster()))
         return BackgroundRuntime(engines[0])
 

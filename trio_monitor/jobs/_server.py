@@ -8,7 +8,7 @@ knows scheduling, not SQL.
 Everything a start owns lives in a :class:`_ServerRun`, so that a stopped
 server starts again from a clean slate (a fresh shutdown token, a fresh
 identity). Its tasks run under the supervision core's
-:func:`~trio_monitor._supervisor.open_component`: a task that crashes by a
+:func:`~trio_monitor._core.open_component`: a task that crashes by a
 bug is logged and never takes the server down, and nothing outlives
 :meth:`JobServer.run`.
 """
@@ -26,8 +26,8 @@ from typing import Any
 import attrs
 import trio
 
+from .._core import FINITE, SupervisedNursery, TaskState, open_component
 from .._failures import TaskFailure
-from .._supervisor import FINITE, Supervisor, TaskState, open_component
 from .._token import ShutdownToken
 from ._cron import next_run, validate_cron
 from ._model import (
@@ -628,7 +628,7 @@ class _ServerRun:
             logger.info("re-enqueued %d stale Processing job(s) on start", len(recovered))
         self.notify_all(recovered)
 
-    def _spawn(self, supervisor: Supervisor) -> None:
+    def _spawn(self, supervisor: SupervisedNursery) -> None:
         config = self.config
         self.loops: list[TaskState] = []
         if config.enable_scheduler:
@@ -667,7 +667,7 @@ class _ServerRun:
             self.fetcher = supervisor.spawn("jobs.fetcher", self._fetcher, (), FINITE)
             self.loops.append(self.fetcher)
 
-    async def _drain(self, supervisor: Supervisor) -> None:
+    async def _drain(self, supervisor: SupervisedNursery) -> None:
         """The graceful stop: let running jobs finish, then write their outcomes."""
         # The fetcher stops claiming (the token), hands out what its last
         # claim got, and closes the mailboxes; workers then finish and exit.

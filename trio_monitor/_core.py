@@ -5,7 +5,7 @@ Three pieces, each used by all four components:
 * :func:`capture` runs one body and turns its outcome into a value: it returns
   normally, or it raised an :class:`Exception` (isolated), or a
   :class:`BaseException` propagates untouched.
-* :class:`Supervisor` runs bodies as tasks in a nursery, each in its own
+* :class:`SupervisedNursery` runs bodies as tasks in a nursery, each in its own
   cancel scope, remembers which ones were aborted on purpose, and reports a
   classified :class:`~trio_monitor.TaskFailure` unless they were.
 * :func:`open_component` is the ``async with`` shell of a component: it owns
@@ -27,7 +27,7 @@ from ._failures import EarlyTermination, Error, Panic, TaskFailure, TaskInfo, ne
 
 __all__ = [
     "FailurePolicy",
-    "Supervisor",
+    "SupervisedNursery",
     "TaskState",
     "capture",
     "is_outer_cancelled",
@@ -138,7 +138,7 @@ class TaskState:
         await self._done_event.wait()
 
 
-class Supervisor:
+class SupervisedNursery:
     """Runs tasks in one nursery, each abortable, isolated and classified.
 
     ``report`` receives each failure of a task that was not stopped on
@@ -253,7 +253,7 @@ class Supervisor:
 
 @asynccontextmanager
 async def open_component(
-    build: Callable[[Supervisor], C],
+    build: Callable[[SupervisedNursery], C],
     report: Report,
     *,
     graceful_stop: Callable[[C], Awaitable[None]] | None = None,
@@ -263,7 +263,7 @@ async def open_component(
     """The ``async with`` shell shared by all components.
 
     Failures go to ``on_failure`` (with the task's state), then ``report``:
-    see :class:`Supervisor`.
+    see :class:`SupervisedNursery`.
 
     When the body ends normally or with an :class:`Exception`, ``graceful_stop``
     runs (drains, joins with a deadline; it may raise the component's own
@@ -281,7 +281,7 @@ async def open_component(
     task_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            supervisor = Supervisor(nursery, report, on_failure)
+            supervisor = SupervisedNursery(nursery, report, on_failure)
             component = build(supervisor)
             try:
                 yield component

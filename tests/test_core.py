@@ -1,6 +1,6 @@
 """Tests of the supervision core shared by every component.
 
-``capture``, ``FailurePolicy``, ``Supervisor`` (spawn, abort, join,
+``capture``, ``FailurePolicy``, ``SupervisedNursery`` (spawn, abort, join,
 wait_idle, close) and ``open_component`` (graceful stop, what propagates).
 """
 
@@ -11,11 +11,11 @@ import trio
 import trio.testing
 
 from trio_monitor import EarlyTermination, Error, Panic, TaskFailure
-from trio_monitor._supervisor import (
+from trio_monitor._core import (
     FINITE,
     INFINITE,
     FailurePolicy,
-    Supervisor,
+    SupervisedNursery,
     capture,
     is_outer_cancelled,
     open_component,
@@ -110,7 +110,7 @@ async def test_is_outer_cancelled() -> None:
     assert not is_outer_cancelled()
 
 
-# --- Supervisor --------------------------------------------------------------
+# --- SupervisedNursery --------------------------------------------------------------
 
 
 async def test_supervisor_reports_synchronously_and_forgets(
@@ -118,7 +118,7 @@ async def test_supervisor_reports_synchronously_and_forgets(
 ) -> None:
     reports: list[TaskFailure] = []
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, reports.append)
+        supervisor = SupervisedNursery(nursery, reports.append)
         state = supervisor.spawn("f", fail, ("x",), FINITE)
         assert list(supervisor.tasks) == [state.id]
         await state.wait()
@@ -135,7 +135,7 @@ async def test_on_failure_sees_the_state_before_report(
 ) -> None:
     calls: list[tuple[str, object]] = []
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(
+        supervisor = SupervisedNursery(
             nursery,
             lambda f: calls.append(("report", f.task.name)),
             lambda state, f: calls.append(("hook", state.meta)),
@@ -149,7 +149,7 @@ async def test_on_failure_sees_the_state_before_report(
 async def test_join_waits_then_aborts_the_rest(autojump_clock: trio.testing.MockClock) -> None:
     reports: list[TaskFailure] = []
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, reports.append)
+        supervisor = SupervisedNursery(nursery, reports.append)
         quick = supervisor.spawn("quick", trio.sleep, (1,), FINITE)
         slow = [supervisor.spawn(f"slow{i}", trio.sleep_forever, (), INFINITE) for i in range(3)]
         start = trio.current_time()
@@ -165,7 +165,7 @@ async def test_join_waits_then_aborts_the_rest(autojump_clock: trio.testing.Mock
 
 async def test_join_returns_early_when_idle(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, lambda f: None)
+        supervisor = SupervisedNursery(nursery, lambda f: None)
         supervisor.spawn("a", trio.sleep, (2,), FINITE)
         start = trio.current_time()
         assert await supervisor.join(10) == 0
@@ -177,7 +177,7 @@ async def test_wait_idle_includes_tasks_spawned_meanwhile(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, lambda f: None)
+        supervisor = SupervisedNursery(nursery, lambda f: None)
 
         async def spawns_another() -> None:
             await trio.sleep(1)
@@ -202,7 +202,7 @@ async def test_close_stops_everything_without_reports(
             raise ValueError("while closing")
 
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, reports.append)
+        supervisor = SupervisedNursery(nursery, reports.append)
         states = [supervisor.spawn(f"t{i}", fails_when_cancelled, (), INFINITE) for i in range(3)]
         await trio.sleep(1)
         supervisor.close()
@@ -215,7 +215,7 @@ async def test_close_stops_everything_without_reports(
 
 
 class Component:
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: SupervisedNursery) -> None:
         self.supervisor = supervisor
         self.events: list[str] = []
 
