@@ -6,20 +6,34 @@ wait_idle, close) and ``open_component`` (graceful stop, what propagates).
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from trio_monitor import EarlyTermination, Error, Panic, TaskFailure
+from tests.hostile import UnprintableError, respawning
+from trio_monitor import EarlyTermination, Error, Panic, TaskFailure, TaskInfo
 from trio_monitor._core import (
     FINITE,
     INFINITE,
     FailurePolicy,
     SupervisedNursery,
+    TaskState,
+    callable_name,
     capture,
+    coroutine_or_error,
+    is_async_function,
     is_outer_cancelled,
     open_component,
 )
+from trio_monitor._failures import describe_exception, describe_reason
 
 
 async def nothing() -> None:
@@ -219,6 +233,9 @@ class Component:
         self.supervisor = supervisor
         self.events: list[str] = []
 
+    async def method(self) -> None:
+        pass
+
 
 async def test_graceful_stop_then_on_close(autojump_clock: trio.testing.MockClock) -> None:
     events: list[str] = []
@@ -322,3 +339,330 @@ async def test_task_base_exception_wins_over_the_body_error(
             finally:
                 raise KeyError("body")
     assert type(info.value) is KeyboardInterrupt
+
+
+# --- describing failures (issue 8: describing a failure never fails) ---------
+
+
+def test_describe_exception_falls_back_to_the_type_name() -> None:
+    assert describe_exception(ValueError("boom")) == "boom"
+    assert describe_exception(ValueError()) == ""
+    assert describe_exception(UnprintableError()) == "<unprintable UnprintableError>"
+
+
+def test_describe_exception_lets_base_exceptions_through() -> None:
+    class Interrupting(Exception):
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        describe_exception(Interrupting())
+
+
+def test_reports_of_unprintable_exceptions_are_built_and_printable() -> None:
+    exc = UnprintableError()
+    panic = Panic.from_exception(exc)
+    assert panic.message == "<unprintable UnprintableError>"
+    assert panic.traceback is not None
+    assert "UnprintableError" in panic.traceback
+    assert panic.exception is exc
+    error = Error.from_exception(exc)
+    assert error.error == "<unprintable UnprintableError>"
+    # Their reprs show the exception without calling its broken __repr__.
+    assert "UnprintableError" in repr(panic)
+    assert "UnprintableError" in repr(error)
+    assert "UnprintableError" in repr(TaskFailure(TaskInfo(1, "t"), panic))
+    assert describe_reason(panic) == "UnprintableError: <unprintable UnprintableError>"
+    assert describe_reason(error) == "error UnprintableError: <unprintable UnprintableError>"
+    assert describe_reason(EarlyTermination()) == "returned early"
+
+
+def test_classify_never_fails_on_an_unprintable_exception() -> None:
+    fallible = FailurePolicy(runs_forever=False, errors=(UnprintableError,))
+    error = fallible.classify(False, UnprintableError())
+    assert isinstance(error, Error)
+    assert error.error == "<unprintable UnprintableError>"
+    panic = FINITE.classify(False, UnprintableError())
+    assert isinstance(panic, Panic)
+    assert panic.message == "<unprintable UnprintableError>"
+
+
+def test_a_panic_has_no_traceback_only_if_formatting_it_fails() -> None:
+    exc = ValueError("v")
+    exc.__notes__ = BrokenNotes()  # type: ignore[assignment]
+    panic = Panic.from_exception(exc)
+    assert panic.message == "v"
+
+
+class BrokenNotes(list[str]):
+    def __iter__(self) -> Any:
+        raise RuntimeError("notes are broken")
+
+    def __len__(self) -> int:
+        raise RuntimeError("notes are broken")
+
+
+@given(
+    st.sampled_from(["str", "repr", "both", "neither"]),
+    st.sampled_from([RuntimeError, ValueError, RecursionError, TypeError]),
+    st.booleans(),
+)
+def test_describing_any_exception_never_raises(
+    broken: str, raised: type[Exception], listed: bool
+) -> None:
+    # The class: whatever __str__/__repr__ raise (an Exception), every way
+    # the core turns an exception into text works and names the type.
+    def fail(self: object) -> str:
+        raise raised("broken")
+
+    namespace: dict[str, Any] = {}
+    if broken in ("str", "both"):
+        namespace["__str__"] = fail
+    if broken in ("repr", "both"):
+        namespace["__repr__"] = fail
+    cls = type("Hostile", (Exception,), namespace)
+    exc = cls("text")
+    text = describe_exception(exc)
+    assert text == ("<unprintable Hostile>" if broken in ("str", "both") else "text")
+    policy = FailurePolicy(runs_forever=False, errors=(cls,) if listed else ())
+    reason = policy.classify(False, exc)
+    assert reason is not None
+    assert "Hostile" in describe_reason(reason)
+    assert "Hostile" in repr(TaskFailure(TaskInfo(1, "t"), reason))
+
+
+async def test_an_unprintable_failure_is_reported_and_siblings_go_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reports: list[TaskFailure] = []
+
+    async def unprintable() -> None:
+        raise UnprintableError
+
+    async with trio.open_nursery() as nursery:
+        supervisor = SupervisedNursery(nursery, reports.append)
+        sibling = supervisor.spawn("sibling", trio.sleep, (10,), FINITE)
+        await supervisor.spawn("bad", unprintable, (), FINITE).wait()
+        await sibling.wait()
+        assert not sibling.aborted
+        supervisor.close()
+    [failure] = reports
+    assert isinstance(failure.reason, Panic)
+    assert failure.reason.message == "<unprintable UnprintableError>"
+    assert trio.current_time() == pytest.approx(10)
+
+
+async def test_a_failing_report_hook_is_logged_and_the_supervisor_goes_on(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_report(failure: TaskFailure) -> None:
+        raise RuntimeError("bug in a component's report")
+
+    async with trio.open_nursery() as nursery:
+        supervisor = SupervisedNursery(nursery, broken_report)
+        sibling = supervisor.spawn("sibling", trio.sleep, (5,), FINITE)
+        await supervisor.spawn("f", fail, ("x",), FINITE).wait()
+        await sibling.wait()
+        supervisor.close()
+    [record] = [r for r in caplog.records if r.name == "trio_monitor"]
+    assert record.levelno == logging.ERROR
+    assert "'f'" in record.getMessage()
+
+
+# --- spawning checks its callable (issue 8: non-async callables) --------------
+
+
+def sync_function() -> None:
+    pass
+
+
+async def async_generator() -> AsyncIterator[int]:
+    yield 1
+
+
+class AsyncCallable:
+    async def __call__(self, value: int) -> int:
+        return value
+
+
+def returns_a_future() -> object:
+    class Future:
+        pass
+
+    return Future()
+
+
+def test_coroutine_or_error_accepts_every_kind_of_async_function() -> None:
+    for fn, args in [
+        (nothing, ()),
+        (functools.partial(fail, "x"), ()),
+        (AsyncCallable(), (1,)),
+        (lambda: nothing(), ()),
+    ]:
+        coro = coroutine_or_error(fn, args)
+        assert inspect.iscoroutine(coro)
+        coro.close()
+
+
+def test_coroutine_or_error_refuses_a_coroutine_object_and_closes_it() -> None:
+    coro = nothing()
+    with pytest.raises(TypeError, match=r"coroutine object nothing\(\.\.\.\)") as info:
+        coro_or_error_no_warning(coro)
+    assert "spawn(..., nothing, ...)" in str(info.value)
+    # Closed: no "never awaited" warning later.
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+def coro_or_error_no_warning(fn: object) -> None:
+    coroutine_or_error(fn, ())
+
+
+@pytest.mark.parametrize(
+    ("fn", "match"),
+    [
+        (sync_function, "sync_function is synchronous"),
+        (async_generator, "async generator function"),
+        (returns_a_future, "asyncio or another library"),
+        (None, "expected an async function, not a NoneType object"),
+        (42, "not a int object"),
+    ],
+)
+def test_coroutine_or_error_names_the_mistake(fn: object, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        coroutine_or_error(fn, ())
+
+
+def test_coroutine_or_error_lets_the_calls_own_error_through() -> None:
+    with pytest.raises(TypeError, match="positional argument"):
+        coroutine_or_error(fail, ())  # missing argument: Python's own message
+
+
+def test_is_async_function_needs_no_call() -> None:
+    assert is_async_function(nothing)
+    assert is_async_function(functools.partial(fail, "x"))
+    assert is_async_function(Component.method)
+    assert not is_async_function(sync_function)
+    assert not is_async_function(async_generator)
+    assert not is_async_function(AsyncCallable())  # valid, but only a call tells
+    coro = nothing()
+    assert not is_async_function(coro)
+    coro.close()
+
+
+def test_callable_name_never_raises() -> None:
+    class HostileName:
+        def __getattr__(self, name: str) -> object:
+            raise ValueError(name)
+
+        def __call__(self) -> None:
+            pass
+
+    assert callable_name(nothing) == "nothing"
+    assert callable_name(functools.partial(functools.partial(fail, "x"))) == "fail"
+    assert callable_name(AsyncCallable()) == "AsyncCallable"
+    assert callable_name(HostileName()) == "HostileName"
+
+
+@pytest.mark.parametrize("bad", [nothing, sync_function, async_generator, None])
+async def test_spawn_refuses_a_non_async_callable_at_once(bad: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        supervisor = SupervisedNursery(nursery, lambda f: None)
+        target = bad() if bad is nothing else bad  # nothing(): a coroutine object
+        with pytest.raises(TypeError, match="expected an async function"):
+            supervisor.spawn("bad", target, (), FINITE)
+        assert supervisor.tasks == {}
+        supervisor.close()
+
+
+# --- bounded stops: born-aborted spawns (issue 8: every stop is bounded) -------
+
+
+async def test_join_is_bounded_when_a_straggler_respawns_itself(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    reports: list[TaskFailure] = []
+    spawned: list[TaskState] = []
+    ran = [0]
+
+    async with trio.open_nursery() as nursery:
+        supervisor = SupervisedNursery(nursery, reports.append)
+
+        def respawn() -> None:
+            spawned.append(supervisor.spawn("reconnect", loop, (), INFINITE))
+
+        async def loop() -> None:
+            ran[0] += 1
+            await respawning(respawn)()
+
+        respawn()
+        assert await supervisor.join(5) == 1
+        assert trio.current_time() == pytest.approx(5)
+        assert supervisor.tasks == {}
+        # The first ran; its replacement was born aborted: done, never run.
+        assert ran == [1]
+        assert [s.done and s.aborted for s in spawned] == [True, True]
+        assert not supervisor.stopping
+        # After the join, spawning runs tasks again.
+        await supervisor.spawn("later", trio.sleep, (1,), FINITE).wait()
+        supervisor.close()
+    assert reports == []
+    messages = [r.getMessage() for r in caplog.records if r.name == "trio_monitor"]
+    assert messages[0] == "task 'reconnect' (id %d) still running at the 5s deadline: cancelling it" % spawned[0].id
+    assert "spawned while its component is stopping" in messages[1]
+    assert len(messages) == 2
+
+
+async def test_close_makes_spawns_born_aborted_then_refused_after_exit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ran: list[str] = []
+
+    async def record(name: str) -> None:
+        ran.append(name)
+
+    async with trio.open_nursery() as nursery:
+        supervisor = SupervisedNursery(nursery, lambda f: None)
+        supervisor.close()
+        late = supervisor.spawn("late", record, ("late",), FINITE)
+        assert late.aborted
+    assert late.done
+    assert ran == []
+    with pytest.raises(RuntimeError, match="closed"):
+        supervisor.spawn("after exit", record, ("after exit",), FINITE)
+
+
+@given(st.lists(st.sampled_from(["polite", "respawn", "respawn twice", "slow"]), max_size=6))
+@settings(max_examples=50, deadline=None)
+def test_join_always_ends_at_its_deadline(kinds: list[str]) -> None:
+    # The class: whatever the tasks spawn from their finally, join returns
+    # at its deadline (plus nothing) with exactly the stragglers counted.
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            supervisor = SupervisedNursery(nursery, lambda f: None)
+
+            def spawner(times: int) -> Any:
+                async def task() -> None:
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        for _ in range(times):
+                            supervisor.spawn("again", task, (), FINITE)
+
+                return task
+
+            respawns = {"polite": 0, "respawn": 1, "respawn twice": 2}
+            for kind in kinds:
+                if kind == "slow":
+                    supervisor.spawn(kind, trio.sleep, (1,), FINITE)
+                else:
+                    supervisor.spawn(kind, spawner(respawns[kind]), (), FINITE)
+            stragglers = sum(kind != "slow" for kind in kinds)
+            start = trio.current_time()
+            assert await supervisor.join(3) == stragglers
+            elapsed = 3 if stragglers else 1 if kinds else 0
+            assert trio.current_time() - start == elapsed
+            assert supervisor.tasks == {}
+            supervisor.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -20,6 +20,7 @@ import trio.testing
 
 import trio_monitor as tm
 from tests.channels import drain_nowait
+from tests.hostile import UnprintableError, respawning
 
 
 async def forever() -> NoReturn:
@@ -468,12 +469,24 @@ async def test_subscribe_after_close_is_ended(autojump_clock: trio.testing.MockC
     assert monitor.statistics().subscribers == 0
 
 
-@pytest.mark.parametrize("size", [-1, 1.5, "8", True, math.nan])
+@pytest.mark.parametrize(
+    ("size", "error"),
+    [
+        (-1, ValueError),
+        (1.5, TypeError),
+        ("8", TypeError),
+        (True, TypeError),
+        (math.nan, TypeError),
+        (-math.inf, TypeError),
+    ],
+)
 async def test_subscribe_rejects_bad_buffer_size(
-    autojump_clock: trio.testing.MockClock, size: Any
+    autojump_clock: trio.testing.MockClock, size: Any, error: type[Exception]
 ) -> None:
+    # Trio's rule for memory channels: an int >= 0 or math.inf; a wrong type
+    # is a TypeError, a negative int a ValueError.
     async with tm.open_monitor() as monitor:
-        with pytest.raises(ValueError, match="max_buffer_size"):
+        with pytest.raises(error, match="max_buffer_size"):
             monitor.subscribe(max_buffer_size=size)
         assert monitor.statistics().subscribers == 0
 
@@ -904,3 +917,130 @@ async def test_default_buffer_holds_64_failures(autojump_clock: trio.testing.Moc
         await trio.sleep(1)
         assert len(drain_nowait(failures)) == 64
         assert monitor.statistics().dropped_failures == 6
+
+
+# --- edges (issue 8) ------------------------------------------------------------
+
+
+async def unprintable() -> None:
+    raise UnprintableError
+
+
+@pytest.mark.parametrize("kind", ["infinite", "finite", "fallible"])
+async def test_an_unprintable_exception_is_reported_and_siblings_go_on(
+    autojump_clock: trio.testing.MockClock, kind: str
+) -> None:
+    async with tm.open_monitor() as monitor:
+        failures = monitor.subscribe()
+        sibling = monitor.spawn_finite("sibling", trio.sleep, 10)
+        getattr(monitor, f"spawn_{kind}")("bad", unprintable)
+        await sibling.wait()
+        assert trio.current_time() == pytest.approx(10)
+    [failure] = drain_nowait(failures)
+    assert failure.task.name == "bad"
+    reason = failure.reason
+    if kind == "fallible":
+        assert isinstance(reason, tm.Error)
+        assert reason.error == "<unprintable UnprintableError>"
+    else:
+        assert isinstance(reason, tm.Panic)
+        assert reason.message == "<unprintable UnprintableError>"
+        assert reason.traceback is not None
+    assert isinstance(reason.exception, UnprintableError)
+
+
+async def test_an_unprintable_failure_with_no_subscriber_is_logged_readably(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_monitor")
+    async with tm.open_monitor() as monitor:
+        await monitor.spawn_finite("bad", unprintable).wait()
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "UnprintableError" in record.getMessage()
+    # The whole record, traceback included, formats: logging is not broken.
+    assert "UnprintableError" in logging.Formatter().format(record)
+
+
+@pytest.mark.parametrize("kind", ["infinite", "finite", "fallible"])
+async def test_spawn_refuses_non_async_callables_at_once(
+    autojump_clock: trio.testing.MockClock, kind: str
+) -> None:
+    def sync_fn() -> None:
+        pass
+
+    async with tm.open_monitor() as monitor:
+        spawn = getattr(monitor, f"spawn_{kind}")
+        coro = nothing()
+        with pytest.raises(TypeError, match="coroutine object"):
+            spawn("coroutine", coro)
+        with pytest.raises(TypeError, match="synchronous"):
+            spawn("sync", sync_fn)
+        # Wrong arguments: Python's own error, at once, like Trio's start_soon.
+        with pytest.raises(TypeError, match="positional argument"):
+            spawn("args", nothing, 1)
+        assert monitor.active_tasks() == []
+        await trio.sleep(1)
+        assert monitor.active_tasks() == []
+
+
+async def test_a_closed_subscription_stops_counting_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tm.open_monitor() as monitor:
+        keep = monitor.subscribe()
+        gone = monitor.subscribe()
+        assert monitor.statistics().subscribers == 2
+        gone.close()
+        # No failure was published in between.
+        assert monitor.statistics().subscribers == 1
+        keep.close()
+        assert monitor.statistics().subscribers == 0
+
+
+async def test_a_task_respawning_itself_at_exit_never_runs_again(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_monitor")
+    handles: list[tm.TaskHandle] = []
+    starts = [0]
+
+    async with tm.open_monitor() as monitor:
+        failures = monitor.subscribe()
+
+        def respawn() -> None:
+            handles.append(monitor.spawn_infinite("reconnect", loop))
+
+        async def loop() -> None:
+            starts[0] += 1
+            await respawning(respawn)()
+
+        respawn()
+        await trio.sleep(1)
+    assert trio.current_time() == pytest.approx(1)
+    assert starts == [1]
+    assert [h.is_finished() for h in handles] == [True, True]
+    assert drain_nowait(failures) == []
+    [warning] = [r for r in caplog.records if r.name == "trio_monitor.monitor"]
+    assert warning.levelno == logging.WARNING
+    assert "'reconnect'" in warning.getMessage()
+    assert "stopping" in warning.getMessage()
+
+
+async def test_an_aborted_task_respawning_itself_is_not_a_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Aborting one task is not the monitor stopping: its replacement runs.
+    handles: list[tm.TaskHandle] = []
+
+    async with tm.open_monitor() as monitor:
+
+        def respawn() -> None:
+            handles.append(monitor.spawn_infinite("reconnect", respawning(respawn)))
+
+        respawn()
+        await trio.sleep(1)
+        handles[0].abort()
+        await trio.sleep(1)
+        assert len(handles) == 2
+        assert not handles[1].is_finished()
+        assert [t.name for t in monitor.active_tasks()] == ["reconnect"]

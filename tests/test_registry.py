@@ -19,6 +19,8 @@ import trio
 import trio.testing
 
 import trio_monitor as tm
+from tests.channels import drain_nowait
+from tests.hostile import Misbehaviour, UnprintableError, respawning, run_misbehaving
 
 LOGGER = "trio_monitor.registry"
 
@@ -637,3 +639,130 @@ async def test_finished_tasks_hold_no_memory(autojump_clock: trio.testing.MockCl
     # seed's leak (a record per finished task until join) would be > 1 MB.
     assert sizes[-1] - sizes[0] < 250_000, sizes
     assert sizes[-1] - sizes[rounds // 2] < 20_000, sizes
+
+
+# -- edges (issue 8) ---------------------------------------------------------
+
+
+async def unprintable() -> None:
+    raise UnprintableError
+
+
+async def test_an_unprintable_exception_is_logged_reported_and_siblings_go_on(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with tm.open_registry() as registry:
+        failures = registry.subscribe()
+        sibling = registry.spawn("sibling", tm.TaskKind.MAINTENANCE, trio.sleep, 10)
+        await registry.spawn("bad", tm.TaskKind.RPC_HANDLER, unprintable).wait()
+        await sibling.wait()
+        assert trio.current_time() == pytest.approx(10)
+    [failure] = drain_nowait(failures)
+    assert isinstance(failure.reason, tm.Panic)
+    assert failure.reason.message == "<unprintable UnprintableError>"
+    [record] = registry_errors(caplog)
+    assert "'bad' (RPC_HANDLER" in record.getMessage()
+    assert "UnprintableError" in logging.Formatter().format(record)
+
+
+async def test_spawn_refuses_non_async_callables_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def sync_fn() -> None:
+        pass
+
+    async with tm.open_registry() as registry:
+        coro = nothing()
+        with pytest.raises(TypeError, match="coroutine object"):
+            registry.spawn("x", tm.TaskKind.RPC_HANDLER, coro)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="synchronous"):
+            registry.spawn("x", tm.TaskKind.RPC_HANDLER, sync_fn)  # type: ignore[arg-type]
+        assert registry.is_empty()
+
+
+@pytest.mark.parametrize("extra_respawns", [0, 1, 3])
+async def test_join_all_is_bounded_when_stragglers_respawn_themselves(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, extra_respawns: int
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    handles: list[tm.AbortHandle] = []
+    starts = [0]
+
+    async with tm.open_registry() as registry:
+
+        def respawn() -> None:
+            for _ in range(1 + extra_respawns):
+                handles.append(registry.spawn("reconnect", tm.TaskKind.PEER_CONNECTION, loop))
+
+        async def loop() -> None:
+            starts[0] += 1
+            await respawning(respawn)()
+
+        respawn()
+        registry.spawn("quick", tm.TaskKind.MAINTENANCE, trio.sleep, 1)
+        start = trio.current_time()
+        with pytest.raises(tm.ShutdownDeadlineExceeded) as info:
+            await registry.join_all(5)
+        assert trio.current_time() - start == pytest.approx(5)
+        assert info.value.pending == 1 + extra_respawns
+        assert registry.is_empty()
+        assert starts == [1 + extra_respawns]
+        assert all(h.is_finished() for h in handles)
+        # The registry works normally again after join_all.
+        again = registry.spawn("again", tm.TaskKind.MAINTENANCE, trio.sleep, 1)
+        await again.wait()
+    warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    stragglers = [m for m in warnings if "still running at the 5s deadline" in m]
+    born_aborted = [m for m in warnings if "spawned while its component is stopping" in m]
+    # Each straggler is named (as dig_service does); each replacement too.
+    assert len(stragglers) == 1 + extra_respawns
+    assert all("'reconnect'" in m for m in stragglers)
+    assert len(born_aborted) == (1 + extra_respawns) ** 2
+
+
+async def test_registry_exit_is_bounded_when_a_straggler_respawns_itself(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    with pytest.raises(tm.ShutdownDeadlineExceeded) as info:  # noqa: PT012
+        async with tm.open_registry(shutdown_deadline=2) as registry:
+            failures = registry.subscribe()
+
+            def respawn() -> None:
+                registry.spawn("reconnect", tm.TaskKind.PEER_CONNECTION, respawning(respawn))
+
+            respawn()
+    assert info.value.pending == 1
+    assert trio.current_time() == pytest.approx(2)
+    assert drain_nowait(failures) == []
+    assert registry_errors(caplog) == []
+    messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert any("'reconnect'" in m and "2s deadline" in m for m in messages)
+
+
+async def test_a_straggler_failing_while_cancelled_is_not_reported(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with tm.open_registry() as registry:
+        failures = registry.subscribe()
+        for how in Misbehaviour:
+            registry.spawn(how.value, tm.TaskKind.RPC_HANDLER, run_misbehaving, how, math.inf)
+        with pytest.raises(tm.ShutdownDeadlineExceeded) as info:
+            await registry.join_all(1)
+        assert info.value.pending == len(Misbehaviour)
+    assert drain_nowait(failures) == []
+    assert registry_errors(caplog) == []
+
+
+def test_deadline_messages_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="shutdown_deadline must be >= 0 seconds, not -1"):
+        trio.run(_open_with, -1)
+    with pytest.raises(ValueError, match="shutdown_deadline must be a finite number"):
+        trio.run(_open_with, math.inf)
+    with pytest.raises(TypeError, match="shutdown_deadline must be a number of seconds"):
+        trio.run(_open_with, "1")
+
+
+async def _open_with(deadline: object) -> None:
+    async with tm.open_registry(shutdown_deadline=deadline):  # type: ignore[arg-type]
+        pass  # pragma: no cover

@@ -2,7 +2,8 @@
 
 Publishing never blocks and never fails: a subscriber whose buffer is full
 misses the value (counted in :attr:`Broadcaster.dropped`), and a subscriber
-that closed its receive channel is forgotten at the next publish.
+that closed its receive channel is forgotten at the next publish, or as soon
+as :attr:`Broadcaster.subscribers` is read, whichever comes first.
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ class Broadcaster(Generic[T]):
 
     @property
     def subscribers(self) -> int:
+        """Open subscriptions: a closed receive channel no longer counts."""
+        if any(not send.statistics().open_receive_channels for send in self._senders):
+            self._forget_closed()
         return len(self._senders)
 
     def subscribe(self, max_buffer_size: int | float = 64) -> trio.MemoryReceiveChannel[T]:
-        if isinstance(max_buffer_size, bool) or not (
-            (isinstance(max_buffer_size, int) and max_buffer_size >= 0)
+        # Trio's own rule for memory channels: an int or math.inf.
+        if not (
+            (isinstance(max_buffer_size, int) and not isinstance(max_buffer_size, bool))
             or max_buffer_size == math.inf
         ):
+            raise TypeError(
+                f"max_buffer_size must be an int >= 0 or math.inf, not {max_buffer_size!r}"
+            )
+        if max_buffer_size < 0:
             raise ValueError(
                 f"max_buffer_size must be an int >= 0 or math.inf, not {max_buffer_size!r}"
             )

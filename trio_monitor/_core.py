@@ -12,31 +12,60 @@ Three pieces, each used by all four components:
   the supervisor nursery, runs the component's graceful stop, aborts what is
   left, and re-raises the body's exception bare (never wrapped in an
   exception group, since supervised tasks never raise into the nursery).
+
+Two rules hold for every component because they live here:
+
+* Spawning checks its callable at once, as :meth:`trio.Nursery.start_soon`
+  does (:func:`coroutine_or_error`): a coroutine object or a synchronous
+  function is a :class:`TypeError` in the spawning code, not a failure
+  report later.
+* Once a stop has begun cancelling tasks (the cancel phase of
+  :meth:`SupervisedNursery.join`, or :meth:`SupervisedNursery.close`), a new
+  spawn is *born aborted*: it never runs, is never reported, and is logged
+  at WARNING. A task that respawns itself from its ``finally`` (a reconnect
+  loop) therefore cannot keep a stop from ending.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import functools
+import inspect
+import logging
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+import types
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeGuard, TypeVar, cast
 
 import trio
 
-from ._failures import EarlyTermination, Error, Panic, TaskFailure, TaskInfo, next_task_id
+from ._failures import (
+    EarlyTermination,
+    Error,
+    Panic,
+    TaskFailure,
+    TaskInfo,
+    next_task_id,
+)
 
 __all__ = [
     "FailurePolicy",
     "SupervisedNursery",
     "TaskState",
+    "callable_name",
     "capture",
+    "coroutine_or_error",
+    "is_async_function",
     "is_outer_cancelled",
     "open_component",
+    "resume",
 ]
 
 C = TypeVar("C")
 
 AsyncFn = Callable[..., Awaitable[Any]]
+AnyCoroutine = Coroutine[Any, Any, Any]
 Report = Callable[[TaskFailure], None]
 # Sees each reported failure with the task's state (and so its ``meta``) first.
 FailureHook = Callable[["TaskState", TaskFailure], None]
@@ -62,12 +91,120 @@ class FailurePolicy:
         if exc is None:
             return EarlyTermination() if returned and self.runs_forever else None
         if self.errors and isinstance(exc, self.errors):
-            return Error(str(exc), exc)
+            return Error.from_exception(exc)
         return Panic.from_exception(exc)
 
 
+_LOGGER: Final = logging.getLogger("trio_monitor")
+
 FINITE: Final = FailurePolicy(runs_forever=False)
 INFINITE: Final = FailurePolicy(runs_forever=True)
+
+
+def callable_name(fn: object) -> str:
+    """A name for ``fn`` in messages and reports; never raises.
+
+    Its qualified name (looking through :func:`functools.partial`), else its
+    type's name. Never its ``repr``, which user code may break.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    try:
+        name = getattr(fn, "__qualname__", None)
+    except Exception:  # a hostile __getattr__
+        name = None
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+def _looks_foreign(value: object) -> bool:
+    # Trio's own heuristic: asyncio generator-coroutines and futures, tornado
+    # futures, twisted deferreds. Only used once something is already wrong.
+    return (
+        isinstance(value, collections.abc.Generator)
+        or getattr(value, "_asyncio_future_blocking", None) is not None
+        or type(value).__name__ in ("Future", "Deferred")
+    )
+
+
+def _is_coroutine(value: object) -> TypeGuard[AnyCoroutine]:
+    return type(value) is types.CoroutineType or isinstance(value, collections.abc.Coroutine)
+
+
+def coroutine_or_error(async_fn: object, args: tuple[Any, ...]) -> AnyCoroutine:
+    """Call ``async_fn(*args)`` and return the coroutine, or raise TypeError.
+
+    What :meth:`trio.Nursery.start_soon` does before it starts a task, and so
+    what every spawn entry point does: the call is made now, in the spawning
+    code, so a mistake raises where it was made. A coroutine object (``spawn(
+    name, job())`` instead of ``spawn(name, job)``), a synchronous function,
+    an async generator function or an asyncio-style future is a
+    :class:`TypeError` naming the mistake; an error raised by the call itself
+    (wrong arguments, say) propagates as it is. A coroutine object passed by
+    mistake is closed, so that Python does not warn that it was never awaited.
+
+    A synchronous function *is* called (it is the only way to know what it
+    returns), like Trio does. Whoever gets the coroutine must await it or
+    ``close()`` it.
+    """
+    if _is_coroutine(async_fn):
+        async_fn.close()
+        name = callable_name(async_fn)
+        raise TypeError(
+            f"expected an async function, but got the coroutine object {name}(...): "
+            f"pass the function and its arguments separately, spawn(..., {name}, ...), "
+            f"not spawn(..., {name}(...))"
+        )
+    if not callable(async_fn):
+        if _looks_foreign(async_fn):
+            raise TypeError(
+                f"expected an async function, but got {type(async_fn).__name__} object: "
+                "is it from asyncio or another library? Trio cannot await it"
+            )
+        raise TypeError(f"expected an async function, not a {type(async_fn).__name__} object")
+    coro: object = async_fn(*args)
+    if _is_coroutine(coro):
+        return coro
+    name = callable_name(async_fn)
+    if inspect.isasyncgen(coro):
+        raise TypeError(
+            f"expected an async function, but {name} is an async generator function; "
+            "iterate it inside an async function instead"
+        )
+    if _looks_foreign(coro):
+        raise TypeError(
+            f"expected an async function, but {name} returned a {type(coro).__name__} "
+            "object: is it from asyncio or another library? Trio cannot await it"
+        )
+    raise TypeError(
+        f"expected an async function, but {name} is synchronous (it returned a "
+        f"{type(coro).__name__}, not a coroutine); define it with async def"
+    )
+
+
+def is_async_function(fn: object) -> bool:
+    """Whether ``fn`` is known, without calling it, to return a coroutine.
+
+    True for ``async def`` functions and methods, and ``functools.partial``
+    objects of them; False for anything else, although some of those (a
+    callable object with an async ``__call__``, a sync wrapper returning a
+    coroutine) are valid async functions: a False here means "call it with
+    :func:`coroutine_or_error` to find out". It lets a caller that must not
+    create the coroutine early (the runtime's queue) skip that on its fast
+    path.
+    """
+    if type(fn) is types.FunctionType:
+        return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn)
+
+
+def resume(coro: AnyCoroutine) -> AnyCoroutine:
+    """``capture(resume, (coro,))`` runs a coroutine created earlier.
+
+    For a coroutine made at spawn time by :func:`coroutine_or_error`: it is
+    awaited by :func:`capture` like any ``async_fn(*args)``, with no extra
+    frame.
+    """
+    return coro
 
 
 def is_outer_cancelled() -> bool:
@@ -146,24 +283,52 @@ class SupervisedNursery:
     task ends, so nothing can abort the task between its failure and its
     report. It must not block. ``on_failure``, if given, is called the same
     way just before ``report``, with the task's state too: a component logs
-    there with its own per-task data (``TaskState.meta``).
+    there with its own per-task data (``TaskState.meta``). If either raises
+    (a bug), that is logged and the supervisor goes on.
+
+    ``logger`` (default ``trio_monitor``; components pass their own) gets
+    the core's own warnings: spawns born aborted, and the names of the
+    stragglers a :meth:`join` cancels.
     """
 
-    __slots__ = ("_closing", "_idle", "_nursery", "_on_failure", "_report", "tasks")
+    __slots__ = (
+        "_aborting",
+        "_closing",
+        "_idle",
+        "_logger",
+        "_nursery",
+        "_on_failure",
+        "_report",
+        "tasks",
+    )
 
     def __init__(
-        self, nursery: trio.Nursery, report: Report, on_failure: FailureHook | None = None
+        self,
+        nursery: trio.Nursery,
+        report: Report,
+        on_failure: FailureHook | None = None,
+        *,
+        logger: logging.Logger | None = None,
     ) -> None:
         self._nursery = nursery
         self._report = report
         self._on_failure = on_failure
+        self._logger = logger if logger is not None else _LOGGER
         self._closing = False
+        # Cancel phases under way (see abort_remaining); counted, since two
+        # joins may overlap.
+        self._aborting = 0
         self._idle: trio.Event | None = None
         self.tasks: dict[int, TaskState] = {}
 
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a cancel phase is under way: new spawns are born aborted."""
+        return self._closing or self._aborting > 0
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -177,26 +342,52 @@ class SupervisedNursery:
         policy: FailurePolicy,
         meta: object = None,
     ) -> TaskState:
-        if self._closing:
+        """Start ``async_fn(*args)`` as a supervised task called ``name``.
+
+        The call to ``async_fn`` happens here (:func:`coroutine_or_error`),
+        so a non-async callable raises :class:`TypeError` at once. While
+        the supervisor is :attr:`stopping`, the task is born aborted: it is
+        listed until its first step, then ends without running or being
+        reported, and a warning is logged.
+
+        Raises:
+          TypeError: ``async_fn`` is not an async function (see
+            :func:`coroutine_or_error`).
+          RuntimeError: The nursery has exited (the component's block is over).
+        """
+        coro = coroutine_or_error(async_fn, args)
+        state = TaskState(name, meta)
+        born_aborted = self.stopping
+        state.aborted = born_aborted
+        try:
+            self._nursery.start_soon(self._run, state, coro, policy, name=name)
+        except RuntimeError as exc:
+            coro.close()
             raise RuntimeError(
                 f"cannot spawn {name!r}: the component is closed; spawn inside its async with block"
-            )
-        state = TaskState(name, meta)
+            ) from exc
         self.tasks[state.id] = state
-        self._nursery.start_soon(self._run, state, async_fn, args, policy, name=name)
+        if born_aborted:
+            self._logger.warning(
+                "task %r (id %d) was spawned while its component is stopping: "
+                "it is aborted before it starts",
+                name,
+                state.id,
+            )
         return state
 
-    async def _run(
-        self, state: TaskState, async_fn: AsyncFn, args: tuple[Any, ...], policy: FailurePolicy
-    ) -> None:
+    async def _run(self, state: TaskState, coro: AnyCoroutine, policy: FailurePolicy) -> None:
         exc: Exception | None = None
         returned = False
         try:
             try:
                 with state.scope:
-                    # Aborted before its first step: the body never starts.
-                    if not state.aborted:
-                        exc = await capture(async_fn, args)
+                    if state.aborted:
+                        # Aborted (or born aborted) before its first step: the
+                        # body never starts.
+                        coro.close()
+                    else:
+                        exc = await capture(resume, (coro,))
                         returned = exc is None
             except Exception as group:
                 # What an exception group keeps once our own scope has taken
@@ -208,10 +399,18 @@ class SupervisedNursery:
             return
         reason = policy.classify(returned, exc)
         if reason is not None and not is_outer_cancelled():
-            failure = TaskFailure(state.info, reason)
+            self._deliver(state, TaskFailure(state.info, reason))
+
+    def _deliver(self, state: TaskState, failure: TaskFailure) -> None:
+        try:
             if self._on_failure is not None:
                 self._on_failure(state, failure)
             self._report(failure)
+        except Exception:
+            # A bug in a component's hook must not take the supervisor down.
+            self._logger.exception(
+                "reporting the failure of task %r (id %d) failed", state.name, state.id
+            )
 
     def _forget(self, state: TaskState) -> None:
         del self.tasks[state.id]
@@ -228,25 +427,54 @@ class SupervisedNursery:
             await self._idle.wait()
         await trio.lowlevel.checkpoint()
 
+    async def abort_remaining(self, on_abort: Callable[[TaskState], None] | None = None) -> int:
+        """The cancel phase of a stop: abort every running task, wait until all are gone.
+
+        ``on_abort`` sees each task as it is aborted. While this waits, new
+        spawns are born aborted, so a task that respawns itself from its
+        ``finally`` cannot keep the phase from ending; a task that ignores
+        its cancellation can. Returns how many tasks this aborted (tasks
+        already aborted are not counted), once every task has exited.
+        """
+        self._aborting += 1
+        try:
+            aborted = [state for state in self.tasks.values() if not state.aborted]
+            for state in aborted:
+                state.abort()
+                if on_abort is not None:
+                    on_abort(state)
+            await self.wait_idle()
+        finally:
+            self._aborting -= 1
+        return len(aborted)
+
     # Not trio.fail_after: the timeout is when the graceful phase ends, not an error.
     async def join(self, timeout: float) -> int:  # noqa: ASYNC109
         """Wait up to ``timeout`` seconds for every task, then abort the rest.
 
-        Returns how many tasks had to be aborted, once they have all exited.
+        Each task still running at the deadline is logged by name at
+        WARNING, then aborted (:meth:`abort_remaining`). Returns how many
+        tasks had to be aborted, once they have all exited.
         """
         with trio.move_on_after(timeout):
             await self.wait_idle()
-        aborted = 0
-        while self.tasks:
-            for state in list(self.tasks.values()):
-                if not state.aborted:
-                    state.abort()
-                    aborted += 1
-            await self.wait_idle()
-        return aborted
+
+        def straggler(state: TaskState) -> None:
+            self._logger.warning(
+                "task %r (id %d) still running at the %gs deadline: cancelling it",
+                state.name,
+                state.id,
+                timeout,
+            )
+
+        return await self.abort_remaining(straggler)
 
     def close(self) -> None:
-        """Stop everything still running, without reports; refuse new tasks."""
+        """Stop everything still running, without reports.
+
+        From now on, spawns are born aborted (until the nursery has exited;
+        then they raise :class:`RuntimeError`).
+        """
         self._closing = True
         self._nursery.cancel_scope.cancel()
 
@@ -259,11 +487,12 @@ async def open_component(
     graceful_stop: Callable[[C], Awaitable[None]] | None = None,
     on_close: Callable[[C], None] | None = None,
     on_failure: FailureHook | None = None,
+    logger: logging.Logger | None = None,
 ) -> AsyncGenerator[C, None]:
     """The ``async with`` shell shared by all components.
 
-    Failures go to ``on_failure`` (with the task's state), then ``report``:
-    see :class:`SupervisedNursery`.
+    Failures go to ``on_failure`` (with the task's state), then ``report``;
+    the core's own warnings to ``logger``: see :class:`SupervisedNursery`.
 
     When the body ends normally or with an :class:`Exception`, ``graceful_stop``
     runs (drains, joins with a deadline; it may raise the component's own
@@ -281,7 +510,7 @@ async def open_component(
     task_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            supervisor = SupervisedNursery(nursery, report, on_failure)
+            supervisor = SupervisedNursery(nursery, report, on_failure, logger=logger)
             component = build(supervisor)
             try:
                 yield component

@@ -19,12 +19,56 @@ __all__ = [
     "Panic",
     "TaskFailure",
     "TaskInfo",
+    "describe_exception",
+    "describe_reason",
     "next_task_id",
 ]
 
 # itertools.count is atomic under the GIL: ids stay unique across threads and
 # across every component of the process.
 next_task_id = itertools.count(1).__next__
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in naming its type when that raises.
+
+    Describing a failure must never fail: a task whose exception has a broken
+    ``__str__`` is still reported, and the code reporting it (a supervisor,
+    a runtime worker, a log call) goes on. Use this wherever an exception
+    from user code becomes text; log it with ``%s`` and this, never with
+    ``%r`` (``__repr__`` may raise too) or ``%s`` on the exception itself.
+
+    The stand-in is ``"<unprintable T>"``, ``T`` the exception's type name.
+    Only :class:`Exception` from ``__str__`` is absorbed: a
+    :class:`BaseException` (``KeyboardInterrupt``...) raised there propagates.
+    """
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {_type_name(exc)}>"
+
+
+def _type_name(obj: object) -> str:
+    # A metaclass can make even __qualname__ misbehave.
+    name = getattr(type(obj), "__qualname__", None)
+    return name if isinstance(name, str) else "object"
+
+
+def _safe_repr(exc: BaseException) -> str:
+    # Panic and Error reprs show the exception; that must not raise either.
+    try:
+        return repr(exc)
+    except Exception:
+        return f"<{_type_name(exc)}: {describe_exception(exc)}>"
+
+
+def _format_traceback(exc: BaseException) -> str | None:
+    # The traceback module copes with a failing __str__; this guards the rest
+    # (a hostile __notes__, say), so that a report is always built.
+    try:
+        return "".join(_traceback.format_exception(exc))
+    except Exception:
+        return None
 
 
 @attrs.frozen
@@ -45,21 +89,27 @@ class Panic:
     """The task raised an exception it was not expected to raise.
 
     Attributes:
-      message (str | None): ``str(exception)``, or None when that is empty.
-      traceback (str | None): The formatted traceback of the exception.
+      message (str | None): ``str(exception)``, or None when that is empty;
+        ``"<unprintable T>"`` when ``str()`` itself raises (``T`` the
+        exception's type name).
+      traceback (str | None): The formatted traceback of the exception
+        (None only if even formatting it failed).
       exception (BaseException): The exception object itself.
     """
 
     message: str | None
     traceback: str | None
-    exception: BaseException
+    exception: BaseException = attrs.field(repr=_safe_repr)
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> Panic:
-        """The report for ``exc``: its message, formatted traceback and itself."""
+        """The report for ``exc``: its message, formatted traceback and itself.
+
+        Never raises because of ``exc``: see :func:`describe_exception`.
+        """
         return cls(
-            message=str(exc) or None,
-            traceback="".join(_traceback.format_exception(exc)),
+            message=describe_exception(exc) or None,
+            traceback=_format_traceback(exc),
             exception=exc,
         )
 
@@ -69,12 +119,18 @@ class Error:
     """The task raised one of the errors it was declared to raise.
 
     Attributes:
-      error (str): ``str(exception)``.
+      error (str): ``str(exception)``, or ``"<unprintable T>"`` when
+        ``str()`` itself raises (``T`` the exception's type name).
       exception (BaseException): The exception object itself.
     """
 
     error: str
-    exception: BaseException
+    exception: BaseException = attrs.field(repr=_safe_repr)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Error:
+        """The report for ``exc``; never raises because of ``exc``."""
+        return cls(describe_exception(exc), exc)
 
 
 @attrs.frozen
@@ -85,6 +141,20 @@ class EarlyTermination:
 #: Why a task failed: one of :class:`Panic`, :class:`Error`,
 #: :class:`EarlyTermination`.
 FailureReason = Panic | Error | EarlyTermination
+
+
+def describe_reason(reason: FailureReason) -> str:
+    """One safe line saying why a task failed, for log messages.
+
+    ``"ValueError: boom"`` for a :class:`Panic`, ``"error OSError: reset"``
+    for an :class:`Error`, ``"returned early"`` for an
+    :class:`EarlyTermination`; built with :func:`describe_exception`, so it
+    never raises because of the exception.
+    """
+    if isinstance(reason, EarlyTermination):
+        return "returned early"
+    text = f"{_type_name(reason.exception)}: {describe_exception(reason.exception)}"
+    return text if isinstance(reason, Panic) else f"error {text}"
 
 
 @attrs.frozen(eq=False)

@@ -14,7 +14,8 @@ import trio
 
 from ._broadcast import Broadcaster
 from ._core import FINITE, INFINITE, FailurePolicy, SupervisedNursery, TaskState, open_component
-from ._failures import Panic, TaskFailure, TaskInfo
+from ._failures import Panic, TaskFailure, TaskInfo, describe_reason
+from ._validate import check_str
 
 __all__ = ["MonitorStatistics", "TaskHandle", "TaskMonitor", "open_monitor"]
 
@@ -174,8 +175,7 @@ class TaskMonitor:
         args: tuple[object, ...],
         policy: FailurePolicy,
     ) -> TaskHandle:
-        if not isinstance(name, str):
-            raise TypeError(f"task name must be a str, not {type(name).__name__}")
+        check_str("task name", name, allow_empty=True)
         return TaskHandle(self._supervisor.spawn(name, async_fn, args, policy), self._token)
 
     def spawn_infinite(
@@ -234,13 +234,12 @@ def _broadcast_or_log(broadcaster: Broadcaster[TaskFailure]) -> Callable[[TaskFa
             return
         # Nobody listens (or every subscriber closed its channel): do not let
         # the failure vanish silently.
-        reason = failure.reason
         logger.error(
-            "task %r (id %d) failed with no subscriber: %r",
+            "task %r (id %d) failed with no subscriber: %s",
             failure.task.name,
             failure.task.id,
-            reason,
-            exc_info=reason.exception if isinstance(reason, Panic) else None,
+            describe_reason(failure.reason),
+            exc_info=failure.reason.exception if isinstance(failure.reason, Panic) else None,
         )
 
     return report
@@ -260,5 +259,6 @@ async def open_monitor() -> AsyncGenerator[TaskMonitor, None]:
         lambda supervisor: TaskMonitor(supervisor, broadcaster),
         _broadcast_or_log(broadcaster),
         on_close=lambda _monitor: broadcaster.close(),
+        logger=logger,
     ) as monitor:
         yield monitor

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,8 +23,9 @@ import trio
 from ._broadcast import Broadcaster
 from ._core import FINITE, SupervisedNursery, TaskState, open_component
 from ._errors import ShutdownDeadlineExceeded
-from ._failures import Panic, TaskFailure
+from ._failures import Panic, TaskFailure, describe_reason
 from ._token import ShutdownToken
+from ._validate import check_seconds, check_str
 
 __all__ = ["AbortHandle", "TaskKind", "TaskRegistry", "TaskSummary", "open_registry"]
 
@@ -107,14 +107,6 @@ class AbortHandle:
         return f"<AbortHandle {self._state.name!r} {status}>"
 
 
-def _check_deadline(what: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
-    return float(value)
-
-
 class TaskRegistry:
     """Tracks named tasks and stops them in two phases.
 
@@ -162,17 +154,22 @@ class TaskRegistry:
         starts at the next scheduling point, and is listed from now on.
         Names need not be unique.
 
+        ``async_fn(*args)`` is called here, as
+        :meth:`trio.Nursery.start_soon` does, so a coroutine object or a
+        synchronous function is refused at once. Spawned while the registry
+        is cancelling its stragglers (past the deadline of :meth:`join_all`
+        or of the block's exit), the task is born aborted: it never runs, is
+        not counted, and a warning is logged. That is what bounds a stop when
+        a task respawns itself from its ``finally``.
+
         Raises:
           TypeError: ``name`` is not a str, ``kind`` not a :class:`TaskKind`,
-            or ``async_fn`` not callable.
+            or ``async_fn`` not an async function.
           RuntimeError: The registry's block has exited.
         """
-        if not isinstance(name, str):
-            raise TypeError(f"task name must be a str, not {type(name).__name__}")
+        check_str("task name", name, allow_empty=True)
         if not isinstance(kind, TaskKind):
             raise TypeError(f"task kind must be a trio_monitor.TaskKind member, not {kind!r}")
-        if not callable(async_fn):
-            raise TypeError(f"async_fn must be an async function, not {async_fn!r}")
         meta: _Meta = (kind, time.time())
         return AbortHandle(self._supervisor.spawn(name, async_fn, args, FINITE, meta))
 
@@ -197,14 +194,20 @@ class TaskRegistry:
 
         Tasks spawned while this waits are waited for too. It does not set
         the :attr:`shutdown_token`: set it first if tasks should be asked to
-        stop. Cancelled tasks are not logged or reported as failures.
+        stop. Each task still running at the deadline is logged by name at
+        WARNING on ``trio_monitor.registry``, then cancelled; cancelled tasks
+        are not logged or reported as failures. From then until they have
+        exited, new spawns are born aborted (see :meth:`spawn`), so this
+        returns once the cancelled tasks have stopped, even if they respawn
+        themselves in a ``finally``.
 
         Raises:
           ShutdownDeadlineExceeded: Some tasks were still running at the
             deadline; raised once they have exited. ``.pending`` is how many.
+          TypeError: ``deadline`` is not a number.
           ValueError: ``deadline`` is negative, infinite or NaN.
         """
-        seconds = _check_deadline("deadline", deadline)
+        seconds = check_seconds("deadline", deadline)
         pending = await self._supervisor.join(seconds)
         if pending:
             raise ShutdownDeadlineExceeded(seconds, pending)
@@ -231,11 +234,11 @@ def _log_failure(state: TaskState, failure: TaskFailure) -> None:
     kind, _ = cast(_Meta, state.meta)
     reason = failure.reason
     logger.error(
-        "task %r (%s, id %d) failed: %r",
+        "task %r (%s, id %d) failed: %s",
         state.name,
         kind.name,
         state.id,
-        reason.exception if isinstance(reason, Panic) else reason,
+        describe_reason(reason),
         exc_info=reason.exception if isinstance(reason, Panic) else None,
     )
 
@@ -255,9 +258,10 @@ async def open_registry(shutdown_deadline: float = 30.0) -> AsyncGenerator[TaskR
     tasks are cancelled at once (and the token is set all the same).
 
     Raises:
+      TypeError: ``shutdown_deadline`` is not a number.
       ValueError: ``shutdown_deadline`` is negative, infinite or NaN.
     """
-    deadline = _check_deadline("shutdown_deadline", shutdown_deadline)
+    deadline = check_seconds("shutdown_deadline", shutdown_deadline)
     token = ShutdownToken()
     broadcaster: Broadcaster[TaskFailure] = Broadcaster()
 
@@ -278,5 +282,6 @@ async def open_registry(shutdown_deadline: float = 30.0) -> AsyncGenerator[TaskR
         graceful_stop=two_phase_stop,
         on_close=close,
         on_failure=_log_failure,
+        logger=logger,
     ) as registry:
         yield registry

@@ -17,13 +17,27 @@ The shape, and why:
   in FIFO order with their job in hand; when a worker pops a job it moves the
   first waiter's job into the freed slot and wakes that caller. Nobody can
   steal the slot in between, and the deque never exceeds its bound.
+* A job is checked when it is spawned, like :meth:`trio.Nursery.start_soon`
+  checks, but without creating its coroutine when that can be avoided: an
+  ``async def`` function (or a partial of one) is recognised from its code
+  flags, and queued as ``(fn, args)``; its coroutine, and so its frame, only
+  exists while it runs. Anything else (a callable object, a sync wrapper
+  returning a coroutine, a mistake) is called at once by the core's
+  :func:`~trio_monitor._core.coroutine_or_error`: a mistake raises
+  :class:`TypeError` in the spawning code, and a valid coroutine is queued
+  as it is (and closed if it is dropped unrun).
+* Every job ends in exactly one counter. A job whose worker is cancelled
+  while it runs (the drain deadline, a cancellation from outside) is
+  ``cancelled``, whatever it does with the cancellation: raise, swallow it
+  and return, or fail in a ``finally``.
+* A worker that dies by a bug (never by a job's exception: those are
+  isolated) is logged and replaced while jobs wait, so nothing accepted is
+  stranded.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,9 +48,26 @@ import outcome
 import trio
 
 from ._broadcast import Broadcaster
-from ._core import FINITE, SupervisedNursery, capture, open_component
+from ._core import (
+    FINITE,
+    SupervisedNursery,
+    callable_name,
+    capture,
+    coroutine_or_error,
+    is_async_function,
+    open_component,
+    resume,
+)
 from ._errors import QueueFull, RuntimeClosed, ShutdownTimeout
-from ._failures import Panic, TaskFailure, TaskInfo, next_task_id
+from ._failures import (
+    Panic,
+    TaskFailure,
+    TaskInfo,
+    describe_exception,
+    describe_reason,
+    next_task_id,
+)
+from ._validate import attrs_count, check_seconds, check_str
 
 __all__ = [
     "BackgroundRuntime",
@@ -51,41 +82,23 @@ logger = logging.getLogger("trio_monitor.runtime")
 PosArgs = TypeVarTuple("PosArgs")
 
 # One accepted job: (async_fn, args, name or None, request_id or None, task id).
-# A plain tuple: it is the only per-job allocation on the fast path.
+# A plain tuple: it is the only per-job allocation on the fast path. A job
+# whose coroutine had to be created at spawn time is (resume, (coroutine,),
+# name, ...): see _new_job.
 _Job = tuple[Callable[..., Awaitable[object]], tuple[Any, ...], str | None, str | None, int]
 
 _WORKER_NAME: Final = "trio_monitor.runtime worker"
 
 
-def _positive_int(_instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{attribute.name} must be an int, not {value!r}")
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, not {value!r}")
-
-
-def _seconds(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if math.isnan(value):
-        raise ValueError(f"{name} must be a number of seconds, not NaN")
-    return float(value)
-
-
+# Converters, not validators: the fields hold floats whatever number was given.
 def _drain_timeout(value: object) -> float:
-    seconds = _seconds(value, "drain_timeout")
-    if seconds < 0:
-        raise ValueError(f"drain_timeout must be >= 0 seconds, not {value!r}")
-    return seconds
+    return check_seconds("RuntimeConfig.drain_timeout", value, allow_inf=True)
 
 
 def _job_timeout(value: object) -> float | None:
     if value is None:
         return None
-    seconds = _seconds(value, "job_timeout")
-    if seconds <= 0:
-        raise ValueError(f"job_timeout must be > 0 seconds or None, not {value!r}")
-    return seconds
+    return check_seconds("RuntimeConfig.job_timeout", value, positive=True, allow_inf=True)
 
 
 @attrs.frozen
@@ -103,8 +116,10 @@ class RuntimeConfig:
         at once; ``math.inf`` waits for ever.
       job_timeout (float | None): If set, a job still running after this
         many seconds is cancelled and counted as failed (reported as a
-        :class:`~trio_monitor.Panic` holding a :exc:`trio.TooSlowError`).
-        None (the default) sets no limit and costs nothing per job.
+        :class:`~trio_monitor.Panic` holding a :exc:`TimeoutError`), even if
+        it ignores the cancellation (swallows it, or sits in a thread) and
+        returns later. None (the default) sets no limit and costs nothing
+        per job.
 
     Raises:
       TypeError: A value is not a number (``bool`` included).
@@ -112,8 +127,12 @@ class RuntimeConfig:
         ``job_timeout`` is 0. The message names the field.
     """
 
-    max_queue_size: int = attrs.field(default=1024, validator=_positive_int)
-    max_concurrent_tasks: int = attrs.field(default=128, validator=_positive_int)
+    max_queue_size: int = attrs.field(
+        default=1024, validator=attrs_count("RuntimeConfig", "max_queue_size", minimum=1)
+    )
+    max_concurrent_tasks: int = attrs.field(
+        default=128, validator=attrs_count("RuntimeConfig", "max_concurrent_tasks", minimum=1)
+    )
     drain_timeout: float = attrs.field(default=30.0, converter=_drain_timeout)
     job_timeout: float | None = attrs.field(default=None, converter=_job_timeout)
 
@@ -135,7 +154,9 @@ class RuntimeMetrics:
         :class:`~trio_monitor.QueueFull`.
       cancelled (int): Jobs cancelled while running: by the drain deadline
         of :meth:`BackgroundRuntime.shutdown`, or by a cancellation from
-        outside the runtime.
+        outside the runtime. Such a job counts here whatever it does with
+        its cancellation (raise an exception, swallow it and return), never
+        in ``failed`` or ``succeeded``.
       not_started (int): Accepted jobs dropped without running, for the same
         two reasons.
       waiting (int): :meth:`RuntimeHandle.spawn_wait` callers waiting for
@@ -176,17 +197,37 @@ class _Waiter:
 
 def _job_name(job: _Job) -> str:
     name = job[2]
+    return name if name is not None else callable_name(job[0])
+
+
+def _new_job(
+    async_fn: Callable[..., Awaitable[object]],
+    args: tuple[Any, ...],
+    name: str | None,
+    request_id: str | None,
+) -> _Job:
+    """The queue entry for a spawn, or TypeError for a non-async callable.
+
+    The fast path keeps ``(fn, args)`` and creates no coroutine (see the
+    module docstring); a callable that cannot be recognised without calling
+    it is called now, in the Trio thread, and its coroutine queued.
+    """
     if name is not None:
-        return name
-    fn = job[0]
-    return getattr(fn, "__qualname__", None) or repr(fn)
+        check_str("job name", name, allow_empty=True)
+    if request_id is not None:
+        check_str("request_id", request_id, allow_empty=True)
+    if is_async_function(async_fn):
+        return (async_fn, args, name, request_id, next_task_id())
+    coro = coroutine_or_error(async_fn, args)
+    if name is None:
+        name = callable_name(async_fn)
+    return (resume, (coro,), name, request_id, next_task_id())
 
 
-def _check_labels(name: object, request_id: object) -> None:
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"job name must be a str or None, not {type(name).__name__}")
-    if request_id is not None and not isinstance(request_id, str):
-        raise TypeError(f"request_id must be a str or None, not {type(request_id).__name__}")
+def _discard(job: _Job) -> None:
+    """Forget a job that will never run: close its coroutine, if it has one."""
+    if job[0] is resume:
+        job[1][0].close()
 
 
 class _Engine:
@@ -197,6 +238,10 @@ class _Engine:
         "_broadcaster",
         "_cancelled",
         "_closed",
+        "_counts_before_drain",
+        "_drain_deadline",
+        "_drained",
+        "_draining",
         "_failed",
         "_idle",
         "_max_queue",
@@ -205,7 +250,6 @@ class _Engine:
         "_pending",
         "_rejected",
         "_running",
-        "_shutdown_called",
         "_succeeded",
         "_summoned",
         "_supervisor",
@@ -234,7 +278,13 @@ class _Engine:
         # they will take that many queued jobs, so nobody else is woken for them.
         self._summoned = 0
         self._closed = False
-        self._shutdown_called = False
+        # The drain: its deadline (fixed by the first shutdown call), the
+        # Event of the call draining now, whether it has ended, and the
+        # counters it started from.
+        self._drain_deadline: float | None = None
+        self._draining: trio.Event | None = None
+        self._drained = False
+        self._counts_before_drain = (0, 0)
         self._accepted = 0
         self._running = 0
         self._succeeded = 0
@@ -264,11 +314,32 @@ class _Engine:
 
     def spawn(self, job: _Job) -> None:
         if self._closed:
+            _discard(job)
             raise RuntimeClosed()
         if len(self._pending) >= self._max_queue:
             self._rejected += 1
+            _discard(job)
             raise QueueFull()
         self._accept(job)
+
+    def spawn_call(
+        self,
+        async_fn: Callable[..., Awaitable[object]],
+        args: tuple[Any, ...],
+        name: str | None,
+        request_id: str | None,
+    ) -> None:
+        # For spawn_from_thread: the job is made (and checked) in the Trio thread.
+        self.spawn(_new_job(async_fn, args, name, request_id))
+
+    async def spawn_wait_call(
+        self,
+        async_fn: Callable[..., Awaitable[object]],
+        args: tuple[Any, ...],
+        name: str | None,
+        request_id: str | None,
+    ) -> None:
+        await self.spawn_wait(_new_job(async_fn, args, name, request_id))
 
     def _accept(self, job: _Job) -> None:
         pending = self._pending
@@ -284,8 +355,13 @@ class _Engine:
                 self._summoned += 1
 
     async def spawn_wait(self, job: _Job) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            _discard(job)
+            raise
         if self._closed:
+            _discard(job)
             raise RuntimeClosed()
         if len(self._pending) < self._max_queue:
             self._accept(job)
@@ -297,6 +373,7 @@ class _Engine:
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             waiters.remove(waiter)
+            _discard(job)
             return trio.lowlevel.Abort.SUCCEEDED
 
         # A worker moves our job into the deque and wakes us (accepted), or
@@ -309,6 +386,7 @@ class _Engine:
         pending = self._pending
         waiters = self._waiters
         job_timeout = self.config.job_timeout
+        checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
         while True:
             self._summoned -= 1
             while pending:
@@ -325,9 +403,13 @@ class _Engine:
                         exc = await capture(job[0], job[1])
                     else:
                         exc, timed_out = await self._run_with_timeout(job, job_timeout)
+                    # Stopped while it ran, by the drain deadline or from
+                    # outside? Then that stop is its outcome, whatever the job
+                    # made of its Cancelled (an exception, or a return). No
+                    # yield when not cancelled.
+                    await checkpoint_if_cancelled()
                 except BaseException:
-                    # Cancelled by the drain deadline or from outside: an
-                    # intentional stop, counted but never reported.
+                    # An intentional stop: counted, never reported.
                     self._running -= 1
                     self._cancelled += 1
                     raise
@@ -346,12 +428,16 @@ class _Engine:
         exc: Exception | None = None
         with trio.move_on_after(seconds) as scope:
             exc = await capture(job[0], job[1])
-        if scope.cancelled_caught or (exc is not None and scope.cancel_called):
-            # The job's own exception, if it turned the cancellation into
-            # one, stays reachable as the context.
-            timeout = trio.TooSlowError(
+        # Past its deadline is a timeout, however the job ended: by the
+        # cancellation, by an exception made of it, or by returning late
+        # after ignoring it (swallowed, or sitting in a thread). The clock
+        # check covers a job that blocked the run past the deadline before
+        # Trio could cancel anything.
+        if scope.cancel_called or trio.current_time() >= scope.deadline:
+            timeout = TimeoutError(
                 f"background job {_job_name(job)!r} timed out after {seconds:g}s"
             )
+            # The job's own exception, if it raised one, stays reachable.
             timeout.__context__ = exc
             return timeout, True
         return exc, False
@@ -368,16 +454,38 @@ class _Engine:
             )
         else:
             logger.error(
-                "background job %r (request id %s) failed: %r",
+                "background job %r (request id %s) failed: %s",
                 name,
                 request_id,
-                exc,
+                describe_exception(exc),
                 exc_info=exc,
             )
         if self._broadcaster.subscribers:
             self._broadcaster.publish(
                 TaskFailure(TaskInfo(job[4], name), Panic.from_exception(exc))
             )
+
+    # --- stopping ---
+
+    def worker_failed(self, failure: TaskFailure) -> None:
+        """A worker died by an exception: a bug in the runtime, never a job's.
+
+        Jobs' exceptions are isolated, so this should never run; if it does,
+        it is logged, and the worker is replaced while jobs wait, so that
+        nothing accepted is stranded. (The job the worker was running, if
+        any, was counted already.) Each replacement takes a job before it
+        can fail again, so this cannot loop by itself.
+        """
+        replaced = bool(self._pending) and not self._supervisor.stopping
+        logger.error(
+            "background runtime worker failed (a bug in trio_monitor); %s: %s",
+            "replacing it" if replaced else "no job is waiting for it",
+            describe_reason(failure.reason),
+            exc_info=failure.reason.exception if isinstance(failure.reason, Panic) else None,
+        )
+        if replaced:
+            self._supervisor.spawn(_WORKER_NAME, self.work, (), FINITE)
+            self._summoned += 1
 
     # --- stopping ---
 
@@ -389,26 +497,53 @@ class _Engine:
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
+            _discard(waiter.job)
             trio.lowlevel.reschedule(waiter.task, outcome.Error(RuntimeClosed()))
         self._summoned += len(self._idle.unpark_all())
 
+    def _drop_pending(self) -> None:
+        """Count what is still queued as never started, and forget it."""
+        pending = self._pending
+        self._not_started += len(pending)
+        while pending:
+            _discard(pending.popleft())
+
     async def shutdown(self) -> None:
-        if self._shutdown_called:
-            await trio.lowlevel.checkpoint()
+        deadline = self._drain_deadline
+        if deadline is None:
+            # The first call fixes the deadline: a call cut short by its
+            # caller's cancellation leaves it as it was for the next one.
+            deadline = self._drain_deadline = trio.current_time() + self.config.drain_timeout
+            self._counts_before_drain = (self._cancelled, self._not_started)
+            self._close()
+        while not self._drained:
+            draining = self._draining
+            if draining is not None:
+                # Another call is draining: wait for it to end. If it was
+                # cut short, nobody drains any more and this call goes on.
+                await draining.wait()
+                continue
+            draining = self._draining = trio.Event()
+            try:
+                await self._drain(deadline)
+            finally:
+                self._draining = None
+                draining.set()
             return
-        self._shutdown_called = True
-        self._close()
-        cancelled_before = self._cancelled
-        with trio.move_on_after(self.config.drain_timeout):
+        await trio.lowlevel.checkpoint()
+
+    async def _drain(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
             await self._supervisor.wait_idle()
-        # Past the deadline: drop what never started, then cancel the workers
-        # and wait until they are gone. (Idle workers on their way out are
-        # cancelled too; that stops no job.)
-        not_started = len(self._pending)
-        self._pending.clear()
-        self._not_started += not_started
-        await self._supervisor.join(0)
+        # Idle, or past the deadline: drop what never started, then cancel
+        # the workers and wait until they are gone. (Idle workers on their
+        # way out are cancelled too; that stops no job.)
+        self._drop_pending()
+        await self._supervisor.abort_remaining()
+        self._drained = True
+        cancelled_before, not_started_before = self._counts_before_drain
         cancelled = self._cancelled - cancelled_before
+        not_started = self._not_started - not_started_before
         if cancelled or not_started:
             raise ShutdownTimeout(cancelled, not_started)
 
@@ -416,8 +551,7 @@ class _Engine:
         # The block is exiting (also on outer cancellation): whatever is still
         # queued will never start.
         self._close()
-        self._not_started += len(self._pending)
-        self._pending.clear()
+        self._drop_pending()
         self._broadcaster.close()
 
 
@@ -457,8 +591,8 @@ class BackgroundRuntime:
         (a process-unique id, and the job's name or its function's qualified
         name) and ``reason`` a :class:`~trio_monitor.Panic`; a job past
         ``job_timeout`` gives a Panic whose ``exception`` is a
-        :exc:`trio.TooSlowError`. Jobs cancelled by shutdown are never
-        reported. Each subscriber has a buffer of ``max_buffer_size``
+        :exc:`TimeoutError`. Jobs cancelled by the drain deadline or from
+        outside are never reported. Each subscriber has a buffer of ``max_buffer_size``
         reports; a subscriber that falls behind misses the overflow, and no
         job ever waits for it. When the runtime closes, the channel ends.
         """
@@ -474,16 +608,28 @@ class BackgroundRuntime:
         If they have not all finished after ``drain_timeout`` seconds, the
         running ones are cancelled and the queued ones dropped, and once no
         worker is left, :class:`~trio_monitor.ShutdownTimeout` is raised
-        with the exact counts. Cancelled jobs are not reported as failures.
+        with the exact counts. Cancelled jobs count in ``cancelled`` and are
+        never reported, whatever they do while being cancelled (raise an
+        exception, or swallow the cancellation and return).
 
-        A second call returns at once (it does not wait for a drain still in
-        progress). This runs by itself when the ``async with`` block ends
-        normally or with an exception; cancellation from outside skips the
-        drain. Do not call it from inside a job: the drain would wait for
-        that job.
+        The drain's deadline is fixed by the first call: ``drain_timeout``
+        seconds from then. Later calls:
+
+        * after the drain has ended, return at once (without raising again);
+        * while another call is draining, wait until that drain has ended,
+          then return (the draining call raises ``ShutdownTimeout``, if any);
+        * after a call that its caller's own cancellation cut short (a
+          ``move_on_after`` around it, say), carry the *same* drain on: they
+          wait for the jobs up to the original deadline, never cancel them
+          sooner, and raise ``ShutdownTimeout`` only if that deadline really
+          passed. So does the block's exit.
+
+        This runs by itself when the ``async with`` block ends normally or
+        with an exception; cancellation from outside skips the drain. Do not
+        call it from inside a job: the drain would wait for that job.
 
         Raises:
-          ShutdownTimeout: The drain did not finish in time.
+          ShutdownTimeout: The drain did not finish by its deadline.
         """
         await self._engine.shutdown()
 
@@ -515,15 +661,21 @@ class RuntimeHandle:
         (default: the function's qualified name) and ``request_id`` label
         the job in logs and failure reports.
 
+        ``async_fn`` is checked now, like :meth:`trio.Nursery.start_soon`
+        does: an ``async def`` function (or a :func:`functools.partial` of
+        one) is queued as it is and called when its job starts (so wrong
+        arguments show as that job's failure); any other callable is called
+        now, must return a coroutine, and its coroutine waits in the queue.
+
         Raises:
+          TypeError: ``async_fn`` is not an async function (a coroutine
+            object, a synchronous function...), or a label is not a str.
           QueueFull: ``max_queue_size`` jobs are waiting to start already
             (counted in ``metrics().rejected``). Shed the load (e.g. answer
             HTTP 503) or use :meth:`spawn_wait`.
           RuntimeClosed: The runtime is shutting down or closed.
         """
-        if name is not None or request_id is not None:
-            _check_labels(name, request_id)
-        self._engine.spawn((async_fn, args, name, request_id, next_task_id()))
+        self._engine.spawn(_new_job(async_fn, args, name, request_id))
 
     async def spawn_wait(
         self,
@@ -540,11 +692,10 @@ class RuntimeHandle:
         not accepted.
 
         Raises:
+          TypeError: As :meth:`spawn`, before any wait.
           RuntimeClosed: The runtime is closed, or closed while this waited.
         """
-        if name is not None or request_id is not None:
-            _check_labels(name, request_id)
-        await self._engine.spawn_wait((async_fn, args, name, request_id, next_task_id()))
+        await self._engine.spawn_wait(_new_job(async_fn, args, name, request_id))
 
     def spawn_from_thread(
         self,
@@ -561,15 +712,15 @@ class RuntimeHandle:
         accepted. Never call it from the Trio thread itself: it would block it.
 
         Raises:
+          TypeError: As :meth:`spawn` (checked in the Trio thread, raised here).
           QueueFull: As :meth:`spawn`, raised in the calling thread.
           RuntimeClosed: As :meth:`spawn`, also when the Trio run has ended.
         """
-        if name is not None or request_id is not None:
-            _check_labels(name, request_id)
         engine = self._engine
-        job: _Job = (async_fn, args, name, request_id, next_task_id())
         try:
-            trio.from_thread.run_sync(engine.spawn, job, trio_token=engine.token)
+            trio.from_thread.run_sync(
+                engine.spawn_call, async_fn, args, name, request_id, trio_token=engine.token
+            )
         except trio.RunFinishedError:
             raise RuntimeClosed() from None
 
@@ -585,14 +736,14 @@ class RuntimeHandle:
         Blocks the calling thread until the job is accepted.
 
         Raises:
+          TypeError: As :meth:`spawn` (checked in the Trio thread, raised here).
           RuntimeClosed: As :meth:`spawn_wait`, also when the Trio run has ended.
         """
-        if name is not None or request_id is not None:
-            _check_labels(name, request_id)
         engine = self._engine
-        job: _Job = (async_fn, args, name, request_id, next_task_id())
         try:
-            trio.from_thread.run(functools.partial(engine.spawn_wait, job), trio_token=engine.token)
+            trio.from_thread.run(
+                engine.spawn_wait_call, async_fn, args, name, request_id, trio_token=engine.token
+            )
         except trio.RunFinishedError:
             raise RuntimeClosed() from None
 
@@ -615,16 +766,6 @@ class RuntimeHandle:
         return f"<RuntimeHandle of runtime at {id(self._engine):#x}>"
 
 
-def _report_worker_failure(failure: TaskFailure) -> None:
-    # Workers isolate every job's exception; reaching here is a bug in the runtime.
-    reason = failure.reason
-    logger.error(
-        "background runtime worker failed: %r",
-        reason,
-        exc_info=reason.exception if isinstance(reason, Panic) else None,
-    )
-
-
 @asynccontextmanager
 async def open_runtime(
     config: RuntimeConfig | None = None,
@@ -635,9 +776,12 @@ async def open_runtime(
     :meth:`BackgroundRuntime.shutdown` drains the runtime. An exception from
     the block propagates as itself (a :class:`~trio_monitor.ShutdownTimeout`
     from that drain is then dropped); after a normal end, a drain past
-    ``drain_timeout`` raises :class:`~trio_monitor.ShutdownTimeout`. On
-    cancellation from outside nothing is drained: running jobs are cancelled
-    at once, queued ones dropped, and nothing is reported.
+    ``drain_timeout`` raises :class:`~trio_monitor.ShutdownTimeout`. If a
+    :meth:`~BackgroundRuntime.shutdown` call in the block was cut short by
+    its caller's cancellation, the exit carries that drain on, up to its
+    original deadline. On cancellation from outside nothing is drained:
+    running jobs are cancelled at once, queued ones dropped, and nothing is
+    reported.
 
     Args:
       config: The limits; ``RuntimeConfig()`` (1024 queued, 128 running, 30 s
@@ -655,8 +799,9 @@ async def open_runtime(
 
     async with open_component(
         build,
-        _report_worker_failure,
+        lambda failure: engines[0].worker_failed(failure),
         graceful_stop=BackgroundRuntime.shutdown,
         on_close=lambda _runtime: engines[0].on_close(),
+        logger=logger,
     ) as runtime:
         yield runtime
