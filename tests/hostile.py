@@ -65,9 +65,9 @@ async def run_misbehaving(how: Misbehaviour, seconds: float) -> None:
         raise
     finally:
         if how is Misbehaviour.RAISE_IN_FINALLY:
-            raise ConnectionResetError("reset while closing")  # noqa: B012
+            raise ConnectionResetError("reset while closing")
         if how is Misbehaviour.RAISE_UNPRINTABLE_IN_FINALLY:
-            raise UnprintableError  # noqa: B012
+            raise UnprintableError
 
 
 def respawning(spawn: Callable[[], object]) -> Callable[[], Awaitable[None]]:

@@ -608,7 +608,10 @@ async def test_join_is_bounded_when_a_straggler_respawns_itself(
         supervisor.close()
     assert reports == []
     messages = [r.getMessage() for r in caplog.records if r.name == "trio_monitor"]
-    assert messages[0] == "task 'reconnect' (id %d) still running at the 5s deadline: cancelling it" % spawned[0].id
+    first = spawned[0].id
+    assert messages[0] == (
+        f"task 'reconnect' (id {first}) still running at the 5s deadline: cancelling it"
+    )
     assert "spawned while its component is stopping" in messages[1]
     assert len(messages) == 2
 

@@ -130,7 +130,7 @@ def _is_coroutine(value: object) -> TypeGuard[AnyCoroutine]:
     return type(value) is types.CoroutineType or isinstance(value, collections.abc.Coroutine)
 
 
-def coroutine_or_error(async_fn: object, args: tuple[Any, ...]) -> AnyCoroutine:
+def coroutine_or_error(async_fn: Any, args: tuple[Any, ...]) -> AnyCoroutine:
     """Call ``async_fn(*args)`` and return the coroutine, or raise TypeError.
 
     What :meth:`trio.Nursery.start_soon` does before it starts a task, and so
@@ -146,22 +146,29 @@ def coroutine_or_error(async_fn: object, args: tuple[Any, ...]) -> AnyCoroutine:
     returns), like Trio does. Whoever gets the coroutine must await it or
     ``close()`` it.
     """
-    if _is_coroutine(async_fn):
-        async_fn.close()
-        name = callable_name(async_fn)
-        raise TypeError(
-            f"expected an async function, but got the coroutine object {name}(...): "
-            f"pass the function and its arguments separately, spawn(..., {name}, ...), "
-            f"not spawn(..., {name}(...))"
-        )
-    if not callable(async_fn):
-        if _looks_foreign(async_fn):
+    try:
+        coro: object = async_fn(*args)
+    except TypeError:
+        # Find out whether the mistake is ours to name (the object is not a
+        # function at all), or the call's own (wrong arguments...).
+        if _is_coroutine(async_fn):
+            async_fn.close()
+            name = callable_name(async_fn)
             raise TypeError(
-                f"expected an async function, but got {type(async_fn).__name__} object: "
-                "is it from asyncio or another library? Trio cannot await it"
-            )
-        raise TypeError(f"expected an async function, not a {type(async_fn).__name__} object")
-    coro: object = async_fn(*args)
+                f"expected an async function, but got the coroutine object {name}(...): "
+                f"pass the function and its arguments separately, spawn(..., {name}, ...), "
+                f"not spawn(..., {name}(...))"
+            ) from None
+        if not callable(async_fn):
+            if _looks_foreign(async_fn):
+                raise TypeError(
+                    f"expected an async function, but got a {type(async_fn).__name__} "
+                    "object: is it from asyncio or another library? Trio cannot await it"
+                ) from None
+            raise TypeError(
+                f"expected an async function, not a {type(async_fn).__name__} object"
+            ) from None
+        raise
     if _is_coroutine(coro):
         return coro
     name = callable_name(async_fn)
