@@ -9,6 +9,7 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 
@@ -44,20 +45,37 @@ class Misbehaviour(enum.Enum):
 THREAD_SLEEP = 0.01
 
 
-async def run_misbehaving(how: Misbehaviour, seconds: float) -> None:
+async def sleep_in_thread() -> None:
+    """Block in a worker thread that ignores cancellation (not abandoned)."""
+    await trio.to_thread.run_sync(time.sleep, THREAD_SLEEP)
+
+
+async def run_misbehaving(
+    how: Misbehaviour,
+    seconds: float,
+    *,
+    on_cancel: Callable[[], object] | None = None,
+    block: Callable[[], Awaitable[None]] = sleep_in_thread,
+) -> None:
     """Sleep ``seconds`` (``math.inf``: for ever), misbehaving as ``how`` says.
 
-    Returns normally if the sleep ends on its own.
+    Returns normally if the sleep ends on its own (and raises from its
+    ``finally`` for the ``RAISE_*`` kinds, whatever the ending). ``on_cancel``
+    is called when a Cancelled reaches it; ``block`` is the thread a
+    BLOCK_IN_THREAD task sits in, at its start and half-way through.
     """
-    if how is Misbehaviour.BLOCK_IN_THREAD:
-        # Some Trio time passes first, so a cancellation can find it anywhere.
-        await trio.sleep(min(seconds, 0.5))
-        await trio.to_thread.run_sync(time.sleep, THREAD_SLEEP)
-        await trio.sleep(max(seconds - 0.5, 0))
-        return
     try:
-        await trio.sleep(seconds)
+        if how is Misbehaviour.BLOCK_IN_THREAD:
+            # In its thread at once, and again half-way through.
+            await block()
+            await trio.sleep(seconds / 2)
+            await block()
+            await trio.sleep(seconds / 2)
+        else:
+            await trio.sleep(seconds)
     except trio.Cancelled:
+        if on_cancel is not None:
+            on_cancel()
         if how is Misbehaviour.SWALLOW_AND_RETURN:
             return
         if how is Misbehaviour.SWALLOW_AND_RAISE:
@@ -80,3 +98,50 @@ def respawning(spawn: Callable[[], object]) -> Callable[[], Awaitable[None]]:
             spawn()
 
     return loop
+
+
+@attrs.define(eq=False)
+class Track:
+    """One test task's own account of what it did, in virtual time.
+
+    ``run(block)`` is the task's body: it sleeps ``seconds`` misbehaving as
+    ``how`` says (``block`` is its thread, see :func:`run_misbehaving`), then
+    raises ``fails()`` if given.
+    """
+
+    how: Misbehaviour
+    seconds: float
+    fails: type[Exception] | None = None
+    started_at: float | None = None
+    #: When a Cancelled first reached the task's code.
+    cancelled_at: float | None = None
+    ended_at: float | None = None
+    #: "returned", "raised" (an Exception: ``error``) or "cancelled".
+    outcome: str | None = None
+    error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None and self.ended_at is None
+
+    def _saw_cancel(self) -> None:
+        if self.cancelled_at is None:
+            self.cancelled_at = trio.current_time()
+
+    async def run(self, block: Callable[[], Awaitable[None]] = sleep_in_thread) -> None:
+        self.started_at = trio.current_time()
+        try:
+            await run_misbehaving(self.how, self.seconds, on_cancel=self._saw_cancel, block=block)
+            if self.fails is not None:
+                raise self.fails("own failure")
+        except Exception as exc:
+            self.outcome, self.error = "raised", exc
+            raise
+        except BaseException:
+            self._saw_cancel()
+            self.outcome = "cancelled"
+            raise
+        else:
+            self.outcome = "returned"
+        finally:
+            self.ended_at = trio.current_time()

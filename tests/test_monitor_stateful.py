@@ -1,0 +1,278 @@
+"""A Hypothesis state machine for the task monitor: hostile tasks, every stop.
+
+Tasks misbehave when they are cancelled (:class:`tests.hostile.Misbehaviour`:
+raise in ``finally``, raise an exception whose ``__str__`` raises, swallow
+``Cancelled`` and return or raise, sit in a thread that ignores the
+cancellation), fail on their own (plainly or unprintably), run for ever, or
+respawn themselves from their ``finally`` (a reconnect loop). Rules spawn
+them, abort them, drop abort-on-drop handles, subscribe and unsubscribe,
+move the clock, and stop the monitor (block exit, exception in the block,
+outer cancellation). Each task keeps its own account (:class:`Track`), and
+after every rule the monitor must agree with it:
+
+* no intentional stop (abort, drop, the monitor's own stop) is ever reported;
+* every failure of a task that was not stopped is reported exactly once, as
+  what the policy says (Panic, Error, EarlyTermination), with a readable
+  message even when ``str()`` of the exception raises;
+* a task only ever sees ``Cancelled`` when it was stopped on purpose;
+* ``active_tasks()`` and ``statistics()`` match what is live and subscribed;
+* the monitor's stop ends within its bound (at once) plus a step per
+  thread, even with tasks respawning themselves;
+* every log record the monitor writes can be formatted.
+
+The clock and the threads are driven deterministically by
+:class:`tests.trio_host.TrioHost`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections import Counter
+
+import attrs
+import trio
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import trio_monitor as tm
+from tests.hostile import Misbehaviour, Track, UnprintableError
+from tests.trio_host import STEP, TrioHost
+
+SECONDS = st.sampled_from([0.0, STEP, 0.5, 1.0, 2.5, math.inf])
+FAILS = st.sampled_from([None, ValueError, UnprintableError])
+KINDS = st.sampled_from(["infinite", "finite", "fallible"])
+MISBEHAVIOURS = st.sampled_from(list(Misbehaviour))
+
+
+class Records(logging.Handler):
+    """Keeps every record a logger writes."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@attrs.define(eq=False)
+class Task:
+    track: Track
+    kind: str  # "infinite", "finite", "fallible" or "respawner"
+    handle: tm.TaskHandle | None  # None once dropped
+    info: tm.TaskInfo
+    #: An abort, a drop or the monitor's stop came before the task ended.
+    stopped: bool = False
+
+    def expected(self) -> type[tm.Panic | tm.Error | tm.EarlyTermination] | None:
+        """The report this task's own account calls for, if any."""
+        track = self.track
+        if self.stopped or track.outcome is None:
+            return None
+        if track.outcome == "raised":
+            fallible = self.kind == "fallible" and isinstance(track.error, ValueError)
+            return tm.Error if fallible else tm.Panic
+        if track.outcome == "returned" and self.kind in ("infinite", "respawner"):
+            return tm.EarlyTermination
+        return None
+
+
+class MonitorMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: dict[int, Task] = {}
+        self.reports: list[tm.TaskFailure] = []
+        self.extra: list[trio.MemoryReceiveChannel[tm.TaskFailure]] = []
+        self.stopped = False
+        self.raise_in_body = False
+        self.exit = trio.Event()
+        self.exited = trio.Event()
+        self.outer = trio.CancelScope()
+        self.body_error: BaseException | None = None
+        self.logs = Records()
+        logging.getLogger("trio_monitor").addHandler(self.logs)
+        self.host = TrioHost(self._body)
+        self.host.call(self.host.settle)
+
+    async def _body(self, host: TrioHost) -> None:
+        with self.outer:
+            try:
+                async with tm.open_monitor() as monitor:
+                    self.monitor = monitor
+                    self.failures = monitor.subscribe(math.inf)
+                    await self.exit.wait()
+                    if self.raise_in_body:
+                        raise LookupError("body")
+            except LookupError as exc:
+                self.body_error = exc
+        self.exited.set()
+
+    # --- rules ---
+
+    @precondition(lambda self: not self.stopped)
+    @rule(kind=KINDS, how=MISBEHAVIOURS, seconds=SECONDS, fails=FAILS)
+    def spawn(
+        self, kind: str, how: Misbehaviour, seconds: float, fails: type[Exception] | None
+    ) -> None:
+        self.host.call(self._spawn, kind, Track(how, seconds, fails))
+
+    async def _spawn(self, kind: str, track: Track) -> None:
+        body = functools.partial(track.run, self.host.gate.block)
+        if kind == "fallible":
+            handle = self.monitor.spawn_fallible(kind, body, errors=(ValueError,))
+        else:
+            handle = getattr(self.monitor, f"spawn_{kind}")(kind, body)
+        self.tasks[handle.info.id] = Task(track, kind, handle, handle.info)
+
+    @precondition(lambda self: not self.stopped)
+    @rule(how=MISBEHAVIOURS)
+    def spawn_respawner(self, how: Misbehaviour) -> None:
+        self.host.call(self._spawn_respawner, how)
+
+    async def _spawn_respawner(self, how: Misbehaviour) -> None:
+        self._respawn(how)
+
+    def _respawn(self, how: Misbehaviour) -> None:
+        # A reconnect loop: whenever it ends, for whatever reason, it spawns
+        # its replacement.
+        track = Track(how, math.inf)
+
+        async def loop() -> None:
+            try:
+                await track.run(self.host.gate.block)
+            finally:
+                self._respawn(how)
+
+        handle = self.monitor.spawn_infinite("respawner", loop)
+        # Spawned during the monitor's stop: part of that intentional stop
+        # (born aborted, or cancelled by the outer cancellation at once).
+        self.tasks[handle.info.id] = Task(
+            track, "respawner", handle, handle.info, stopped=self.stopped
+        )
+
+    def _live(self) -> list[Task]:
+        return [
+            t for t in self.tasks.values() if t.handle is not None and not t.handle.is_finished()
+        ]
+
+    @precondition(lambda self: self._live())
+    @rule(data=st.data())
+    def abort(self, data: st.DataObject) -> None:
+        task = data.draw(st.sampled_from(self._live()))
+        self.host.call(self._abort, task)
+
+    async def _abort(self, task: Task) -> None:
+        if task.track.outcome is None:
+            task.stopped = True
+        assert task.handle is not None
+        task.handle.abort()
+
+    @precondition(lambda self: self._live())
+    @rule(data=st.data())
+    def drop(self, data: st.DataObject) -> None:
+        task = data.draw(st.sampled_from(self._live()))
+        self.host.call(self._drop, task)
+
+    async def _drop(self, task: Task) -> None:
+        if task.track.outcome is None:
+            task.stopped = True
+        assert task.handle is not None
+        task.handle.abort_on_drop()
+        # The last reference goes: the finalizer runs now.
+        task.handle = None
+
+    @precondition(lambda self: not self.stopped)
+    @rule()
+    def subscribe(self) -> None:
+        self.extra.append(self.host.call(self._subscribe))
+
+    async def _subscribe(self) -> trio.MemoryReceiveChannel[tm.TaskFailure]:
+        return self.monitor.subscribe(1)
+
+    @precondition(lambda self: self.extra and not self.stopped)
+    @rule(data=st.data())
+    def unsubscribe(self, data: st.DataObject) -> None:
+        channel = data.draw(st.sampled_from(self.extra))
+        self.extra.remove(channel)
+        self.host.call(self._unsubscribe, channel)
+
+    async def _unsubscribe(self, channel: trio.MemoryReceiveChannel[tm.TaskFailure]) -> None:
+        channel.close()
+        # Counted out at once, before any failure is published.
+        assert self.monitor.statistics().subscribers == 1 + len(self.extra)
+
+    @rule(steps=st.integers(1, 24))
+    def advance(self, steps: int) -> None:
+        self.host.call(self.host.advance, steps * STEP)
+
+    @precondition(lambda self: not self.stopped)
+    @rule(how=st.sampled_from(["exit", "raise", "outer"]))
+    def stop(self, how: str) -> None:
+        self.stopped = True
+        self.host.call(self._stop, how)
+
+    async def _stop(self, how: str) -> None:
+        for task in self.tasks.values():
+            if task.track.outcome is None:
+                task.stopped = True
+        if how == "outer":
+            self.outer.cancel()
+        else:
+            self.raise_in_body = how == "raise"
+            self.exit.set()
+        elapsed = await self.host.advance(60, until=self.exited.is_set)
+        assert self.exited.is_set()
+        # The monitor aborts at once; a task in its thread holds it one step.
+        assert elapsed <= 2 * STEP, elapsed
+        if how == "raise":
+            assert isinstance(self.body_error, LookupError)
+        assert all(t.handle is None or t.handle.is_finished() for t in self.tasks.values())
+
+    # --- the account must agree ---
+
+    @invariant()
+    def agrees_with_the_tasks(self) -> None:
+        self.host.call(self._check)
+
+    async def _check(self) -> None:
+        while True:
+            try:
+                self.reports.append(self.failures.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        counts = Counter(r.task.id for r in self.reports)
+        assert all(n == 1 for n in counts.values()), counts
+        for report in self.reports:
+            reason = report.reason
+            if isinstance(reason, tm.Panic | tm.Error) and isinstance(
+                reason.exception, UnprintableError
+            ):
+                text = reason.message if isinstance(reason, tm.Panic) else reason.error
+                assert text == "<unprintable UnprintableError>"
+        got = {r.task.id: type(r.reason) for r in self.reports}
+        for task_id, task in self.tasks.items():
+            assert got.get(task_id) is task.expected(), (task, got.get(task_id))
+            if task.track.cancelled_at is not None:
+                assert task.stopped, task
+        if not self.stopped:
+            live = {i for i, t in self.tasks.items() if t.track.outcome is None}
+            assert {info.id for info in self.monitor.active_tasks()} == live
+            stats = self.monitor.statistics()
+            assert stats.active_tasks == len(live)
+            assert stats.subscribers == 1 + len(self.extra)
+        for record in self.logs.records:
+            assert record.levelno < logging.ERROR, record.getMessage()
+            logging.Formatter().format(record)
+
+    def teardown(self) -> None:
+        try:
+            self.host.close()
+        finally:
+            logging.getLogger("trio_monitor").removeHandler(self.logs)
+
+
+MonitorMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+TestMonitorMachine = MonitorMachine.TestCase
