@@ -20,6 +20,7 @@ loop, say) fails the example instead of hanging the suite.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -156,10 +157,8 @@ class TrioHost:
         """End the run (cancelling whatever is left) and join its thread."""
         self.gate.release_now()
         if self._token is not None and self._thread.is_alive():
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._cancel)
-            except trio.RunFinishedError:
-                pass
         self._thread.join(REAL_LIMIT)
         assert not self._thread.is_alive(), "the Trio run did not end"
         if self.crash is not None:
