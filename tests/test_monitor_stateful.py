@@ -39,23 +39,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import trio_monitor as tm
 from tests.hostile import Misbehaviour, Track, UnprintableError
-from tests.trio_host import STEP, TrioHost
+from tests.trio_host import STEP, Records, TrioHost
 
 SECONDS = st.sampled_from([0.0, STEP, 0.5, 1.0, 2.5, math.inf])
 FAILS = st.sampled_from([None, ValueError, UnprintableError])
 KINDS = st.sampled_from(["infinite", "finite", "fallible"])
 MISBEHAVIOURS = st.sampled_from(list(Misbehaviour))
-
-
-class Records(logging.Handler):
-    """Keeps every record a logger writes."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @attrs.define(eq=False)

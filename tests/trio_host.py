@@ -21,6 +21,7 @@ loop, say) fails the example instead of hanging the suite.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -167,3 +168,14 @@ class TrioHost:
     def _cancel(self) -> None:
         if self._cancel_all is not None:
             self._cancel_all.cancel()
+
+
+class Records(logging.Handler):
+    """Keeps every record a logger writes (the machines check them all)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
