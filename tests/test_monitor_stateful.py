@@ -197,7 +197,7 @@ class MonitorMachine(RuleBasedStateMachine):
     def advance(self, steps: int) -> None:
         self.host.call(self.host.advance, steps * STEP)
 
-    @precondition(lambda self: not self.stopped)
+    @precondition(lambda self: self.tasks and not self.stopped)
     @rule(how=st.sampled_from(["exit", "raise", "outer"]))
     def stop(self, how: str) -> None:
         self.stopped = True
@@ -263,5 +263,5 @@ class MonitorMachine(RuleBasedStateMachine):
             logging.getLogger("trio_monitor").removeHandler(self.logs)
 
 
-MonitorMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+MonitorMachine.TestCase.settings = settings(max_examples=75, stateful_step_count=30, deadline=None)
 TestMonitorMachine = MonitorMachine.TestCase

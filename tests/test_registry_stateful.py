@@ -221,7 +221,7 @@ class RegistryMachine(RuleBasedStateMachine):
         assert result is None or result.pending > 0
         assert cancelled[0] <= pending <= cancelled[1], (pending, cancelled)
 
-    @precondition(lambda self: self.ready and not self.stopped)
+    @precondition(lambda self: self.ready and self.tasks and not self.stopped)
     @rule(how=st.sampled_from(["exit", "raise", "outer"]))
     def stop(self, how: str) -> None:
         self.stopped = True
@@ -294,7 +294,5 @@ class RegistryMachine(RuleBasedStateMachine):
             logging.getLogger(LOGGER).removeHandler(self.logs)
 
 
-RegistryMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=30, deadline=None
-)
+RegistryMachine.TestCase.settings = settings(max_examples=75, stateful_step_count=30, deadline=None)
 TestRegistryMachine = RegistryMachine.TestCase
