@@ -669,3 +669,91 @@ def test_join_always_ends_at_its_deadline(kinds: list[str]) -> None:
             supervisor.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# --- one rule for every spawn entry point -------------------------------------
+
+
+class WithAsyncCall:
+    async def __call__(self) -> None:
+        pass
+
+
+def sync_wrapper() -> Any:
+    return nothing()  # a sync function returning a coroutine: valid, like in Trio
+
+
+NOT_ASYNC: list[tuple[str, Any]] = [
+    ("a coroutine object", lambda: nothing()),
+    ("a sync function", lambda: sync_function),
+    ("an async generator function", lambda: async_generator),
+    ("None", lambda: None),
+    ("a future-like object", returns_a_future),
+]
+ASYNC: list[tuple[str, Any]] = [
+    ("an async function", lambda: nothing),
+    ("a partial", lambda: functools.partial(nothing)),
+    ("a bound async method", lambda: Component(None).method),  # type: ignore[arg-type]
+    ("a callable object", WithAsyncCall),
+    ("a sync wrapper returning a coroutine", lambda: sync_wrapper),
+]
+
+
+async def _entry_points(fn: Any) -> list[str]:
+    """Spawn ``fn`` through every entry point; the ones that refused it."""
+    import trio_monitor as tm
+
+    refused: list[str] = []
+    messages: list[str] = []
+
+    async def attempt(name: str, spawn: Any) -> None:
+        try:
+            await spawn()
+        except TypeError as exc:
+            refused.append(name)
+            messages.append(str(exc))
+
+    async def sync(call: Any) -> None:
+        call()
+
+    async with (
+        tm.open_monitor() as monitor,
+        tm.open_registry() as registry,
+        tm.open_runtime() as runtime,
+    ):
+        handle = runtime.handle()
+        await attempt("spawn_infinite", lambda: sync(lambda: monitor.spawn_infinite("t", fn)))
+        await attempt("spawn_finite", lambda: sync(lambda: monitor.spawn_finite("t", fn)))
+        await attempt("spawn_fallible", lambda: sync(lambda: monitor.spawn_fallible("t", fn)))
+        await attempt(
+            "registry.spawn",
+            lambda: sync(lambda: registry.spawn("t", tm.TaskKind.RPC_HANDLER, fn)),
+        )
+        await attempt("runtime spawn", lambda: sync(lambda: handle.spawn(fn)))
+        await attempt("runtime spawn_wait", lambda: handle.spawn_wait(fn))
+        await attempt(
+            "runtime spawn_from_thread",
+            lambda: trio.to_thread.run_sync(handle.spawn_from_thread, fn),
+        )
+        await attempt(
+            "runtime spawn_wait_from_thread",
+            lambda: trio.to_thread.run_sync(handle.spawn_wait_from_thread, fn),
+        )
+    assert all("async function" in message for message in messages), messages
+    return refused
+
+
+ENTRY_POINTS = 8
+
+
+@given(st.sampled_from(NOT_ASYNC + ASYNC))
+@settings(max_examples=20, deadline=None)
+def test_every_spawn_entry_point_applies_the_same_rule(case: tuple[str, Any]) -> None:
+    # The class: whatever is passed, every entry point of every component
+    # decides the same way, at once, with a TypeError naming the mistake.
+    description, make = case
+    refused = trio.run(_entry_points, make())
+    if (description, make) in NOT_ASYNC:
+        assert len(refused) == ENTRY_POINTS, (description, refused)
+    else:
+        assert refused == [], (description, refused)

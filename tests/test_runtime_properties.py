@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
 import attrs
 import trio
@@ -30,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trio_monitor as tm
+from trio_monitor._runtime import _Engine
 
 
 @attrs.frozen
@@ -207,3 +209,56 @@ def test_an_unbounded_drain_runs_every_accepted_job(scenario: Scenario) -> None:
     # run_scenario asserts that the drain succeeded and every accepted job ran
     # once; with drain_timeout=inf it never times out.
     run_scenario(scenario)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    workers=st.integers(1, 3),
+    queue=st.integers(1, 4),
+    jobs=st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.booleans()), max_size=20),
+)
+def test_a_worker_dying_by_a_bug_strands_nothing(
+    workers: int, queue: int, jobs: list[tuple[int, bool, bool]]
+) -> None:
+    # Defence in depth: a bug in the runtime's bookkeeping of a job (here,
+    # reporting its failure) kills the worker that ran it. The runtime
+    # replaces the worker: every accepted job still runs exactly once, the
+    # metrics balance, and the bounds hold.
+    ran: Counter[int] = Counter()
+    buggy: set[str] = {f"job{i}" for i, (_, fails, bug) in enumerate(jobs) if fails and bug}
+    original = _Engine._job_failed
+
+    def job_failed(self: _Engine, job: Any, exc: Exception, timed_out: bool) -> None:
+        if job[2] in buggy:
+            raise RuntimeError("a bug in the runtime")
+        original(self, job, exc, timed_out)
+
+    async def job(i: int, tenths: int, fails: bool) -> None:
+        ran[i] += 1
+        await trio.sleep(tenths / 10)
+        if fails:
+            raise ValueError(i)
+
+    async def main() -> None:
+        cfg = tm.RuntimeConfig(max_queue_size=queue, max_concurrent_tasks=workers)
+        # Stranded jobs would leave spawn_wait waiting for ever: fail instead.
+        with trio.fail_after(1000):
+            async with tm.open_runtime(cfg) as runtime:
+                handle = runtime.handle()
+                for i, (tenths, fails, _) in enumerate(jobs):
+                    await handle.spawn_wait(job, i, tenths, fails, name=f"job{i}")
+                    m = runtime.metrics()
+                    assert m.running <= workers
+                    assert m.queued <= queue
+        m = runtime.metrics()
+        assert m.accepted == len(jobs)
+        assert (m.queued, m.running, m.cancelled, m.not_started) == (0, 0, 0, 0)
+        assert m.failed == sum(fails for _, fails, _ in jobs)
+        assert m.succeeded == len(jobs) - m.failed
+
+    _Engine._job_failed = job_failed  # type: ignore[method-assign]
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        _Engine._job_failed = original  # type: ignore[method-assign]
+    assert ran == Counter(range(len(jobs)))
