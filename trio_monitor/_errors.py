@@ -40,7 +40,8 @@ class ShutdownTimeout(Exception):
     When this is raised, nothing of the runtime is running any more.
 
     Attributes:
-      cancelled (int): Jobs cancelled while running.
+      cancelled (int): Jobs cancelled while running, whatever they did with
+        the cancellation (an intentional stop is never a failure).
       not_started (int): Accepted jobs that never started.
     """
 

@@ -30,7 +30,8 @@ class MonitorStatistics:
 
     Attributes:
       active_tasks (int): Tasks spawned and not finished yet.
-      subscribers (int): Open subscriptions.
+      subscribers (int): Open subscriptions; one whose receive channel was
+        closed no longer counts, even before the next failure.
       dropped_failures (int): Reports a full subscriber buffer had no room
         for, summed over subscribers.
     """
@@ -145,7 +146,13 @@ class TaskMonitor:
 
     Get one from :func:`open_monitor`. Spawning is synchronous, like
     :meth:`trio.Nursery.start_soon`: the task starts at the next scheduling
-    point.
+    point. Like ``start_soon``, every ``spawn_*`` method calls ``async_fn``
+    at once, so a coroutine object, a synchronous function or wrong
+    arguments raise :exc:`TypeError` in the spawning code. While the
+    monitor's block is ending, a spawn is born aborted: the task never runs
+    and is not reported, and a warning is logged (so that a task respawning
+    itself in its ``finally`` cannot keep the block from exiting). After the
+    block has exited, spawning raises :exc:`RuntimeError`.
     """
 
     def __init__(
@@ -165,6 +172,10 @@ class TaskMonitor:
         the overflow (counted in ``statistics().dropped_failures``); the
         failing task never waits for it. Close the channel to unsubscribe.
         When the monitor closes, the channel ends and ``async for`` finishes.
+
+        Raises:
+          TypeError: ``max_buffer_size`` is neither an int nor ``math.inf``.
+          ValueError: ``max_buffer_size`` is negative.
         """
         return self._broadcaster.subscribe(max_buffer_size)
 
@@ -251,7 +262,8 @@ async def open_monitor() -> AsyncGenerator[TaskMonitor, None]:
 
     When the block ends (normally, by an exception or by cancellation) every
     task still running is aborted, without a report, and the block exits once
-    they are gone; every subscription then ends. An exception from the block
+    they are gone; every subscription then ends. Tasks spawned meanwhile are
+    born aborted (see :class:`TaskMonitor`). An exception from the block
     propagates as itself.
     """
     broadcaster: Broadcaster[TaskFailure] = Broadcaster()

@@ -249,7 +249,8 @@ async def open_registry(shutdown_deadline: float = 30.0) -> AsyncGenerator[TaskR
 
     When the block ends normally, the :attr:`~TaskRegistry.shutdown_token`
     is set, then the registry joins with ``shutdown_deadline``
-    (:meth:`~TaskRegistry.join_all`), raising
+    (:meth:`~TaskRegistry.join_all`: stragglers are logged by name, and
+    tasks spawned while they are cancelled are born aborted), raising
     :class:`~trio_monitor.ShutdownDeadlineExceeded` if any task had to be
     cancelled. If the block raised an :class:`Exception`, the same two-phase
     stop happens and the block's exception propagates as itself (a deadline
