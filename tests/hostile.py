@@ -6,11 +6,14 @@ Shared by the regression tests and the state machines of every component.
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
+
+from trio_monitor import Panic, TaskFailure
 
 
 class UnprintableError(Exception):
@@ -21,6 +24,21 @@ class UnprintableError(Exception):
 
     def __repr__(self) -> str:
         raise RuntimeError("__repr__ is broken")
+
+
+async def raise_unprintable() -> None:
+    raise UnprintableError
+
+
+def assert_reported_readably(failure: TaskFailure, record: logging.LogRecord) -> None:
+    """``failure`` and its log ``record`` describe an UnprintableError readably."""
+    reason = failure.reason
+    assert isinstance(reason, Panic)
+    assert isinstance(reason.exception, UnprintableError)
+    assert reason.message == "<unprintable UnprintableError>"
+    assert "UnprintableError" in record.getMessage()
+    # The whole record, traceback included, formats: logging is not broken.
+    assert "UnprintableError" in logging.Formatter().format(record)
 
 
 class Misbehaviour(enum.Enum):

@@ -18,7 +18,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.hostile import UnprintableError, respawning
+from tests.hostile import UnprintableError, raise_unprintable, respawning
 from trio_monitor import EarlyTermination, Error, Panic, TaskFailure, TaskInfo
 from trio_monitor._core import (
     FINITE,
@@ -436,13 +436,10 @@ async def test_an_unprintable_failure_is_reported_and_siblings_go_on(
 ) -> None:
     reports: list[TaskFailure] = []
 
-    async def unprintable() -> None:
-        raise UnprintableError
-
     async with trio.open_nursery() as nursery:
         supervisor = SupervisedNursery(nursery, reports.append)
         sibling = supervisor.spawn("sibling", trio.sleep, (10,), FINITE)
-        await supervisor.spawn("bad", unprintable, (), FINITE).wait()
+        await supervisor.spawn("bad", raise_unprintable, (), FINITE).wait()
         await sibling.wait()
         assert not sibling.aborted
         supervisor.close()

@@ -27,24 +27,21 @@ The clock and the threads are driven deterministically by
 from __future__ import annotations
 
 import functools
-import logging
-import math
 from collections import Counter
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 import trio_monitor as tm
 from tests.hostile import Misbehaviour, Track, UnprintableError
-from tests.trio_host import STEP, Records, TrioHost
+from tests.machines import FAILS, MISBEHAVIOURS, SECONDS, HostedMachine
+from tests.trio_host import STEP
 
-SECONDS = st.sampled_from([0.0, STEP, 0.5, 1.0, 2.5, math.inf])
-FAILS = st.sampled_from([None, ValueError, UnprintableError])
 KINDS = st.sampled_from(["infinite", "finite", "fallible"])
-MISBEHAVIOURS = st.sampled_from(list(Misbehaviour))
 
 
 @attrs.define(eq=False)
@@ -69,35 +66,20 @@ class Task:
         return None
 
 
-class MonitorMachine(RuleBasedStateMachine):
+class MonitorMachine(HostedMachine):
+    LOGGER = "trio_monitor"
+
     def __init__(self) -> None:
         super().__init__()
         self.tasks: dict[int, Task] = {}
-        self.reports: list[tm.TaskFailure] = []
         self.extra: list[trio.MemoryReceiveChannel[tm.TaskFailure]] = []
-        self.stopped = False
-        self.raise_in_body = False
-        self.exit = trio.Event()
-        self.exited = trio.Event()
-        self.outer = trio.CancelScope()
-        self.body_error: BaseException | None = None
-        self.logs = Records()
-        logging.getLogger("trio_monitor").addHandler(self.logs)
-        self.host = TrioHost(self._body)
-        self.host.call(self.host.settle)
+        self.configure()
 
-    async def _body(self, host: TrioHost) -> None:
-        with self.outer:
-            try:
-                async with tm.open_monitor() as monitor:
-                    self.monitor = monitor
-                    self.failures = monitor.subscribe(math.inf)
-                    await self.exit.wait()
-                    if self.raise_in_body:
-                        raise LookupError("body")
-            except LookupError as exc:
-                self.body_error = exc
-        self.exited.set()
+    def open_component(self) -> AbstractAsyncContextManager[tm.TaskMonitor]:
+        return tm.open_monitor()
+
+    def opened(self, component: tm.TaskMonitor) -> None:
+        self.monitor = component
 
     # --- rules ---
 
@@ -125,16 +107,7 @@ class MonitorMachine(RuleBasedStateMachine):
         self._respawn(how)
 
     def _respawn(self, how: Misbehaviour) -> None:
-        # A reconnect loop: whenever it ends, for whatever reason, it spawns
-        # its replacement.
-        track = Track(how, math.inf)
-
-        async def loop() -> None:
-            try:
-                await track.run(self.host.gate.block)
-            finally:
-                self._respawn(how)
-
+        track, loop = self.reconnect_loop(how, lambda: self._respawn(how))
         handle = self.monitor.spawn_infinite("respawner", loop)
         # Spawned during the monitor's stop: part of that intentional stop
         # (born aborted, or cancelled by the outer cancellation at once).
@@ -200,24 +173,15 @@ class MonitorMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.tasks and not self.stopped)
     @rule(how=st.sampled_from(["exit", "raise", "outer"]))
     def stop(self, how: str) -> None:
-        self.stopped = True
         self.host.call(self._stop, how)
 
     async def _stop(self, how: str) -> None:
         for task in self.tasks.values():
             if task.track.outcome is None:
                 task.stopped = True
-        if how == "outer":
-            self.outer.cancel()
-        else:
-            self.raise_in_body = how == "raise"
-            self.exit.set()
-        elapsed = await self.host.advance(60, until=self.exited.is_set)
-        assert self.exited.is_set()
+        elapsed = await self.end_block(how, 60)
         # The monitor aborts at once; a task in its thread holds it one step.
         assert elapsed <= 2 * STEP, elapsed
-        if how == "raise":
-            assert isinstance(self.body_error, LookupError)
         assert all(t.handle is None or t.handle.is_finished() for t in self.tasks.values())
 
     # --- the account must agree ---
@@ -227,11 +191,7 @@ class MonitorMachine(RuleBasedStateMachine):
         self.host.call(self._check)
 
     async def _check(self) -> None:
-        while True:
-            try:
-                self.reports.append(self.failures.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        self.collect_reports()
         counts = Counter(r.task.id for r in self.reports)
         assert all(n == 1 for n in counts.values()), counts
         for report in self.reports:
@@ -252,15 +212,8 @@ class MonitorMachine(RuleBasedStateMachine):
             stats = self.monitor.statistics()
             assert stats.active_tasks == len(live)
             assert stats.subscribers == 1 + len(self.extra)
-        for record in self.logs.records:
-            assert record.levelno < logging.ERROR, record.getMessage()
-            logging.Formatter().format(record)
-
-    def teardown(self) -> None:
-        try:
-            self.host.close()
-        finally:
-            logging.getLogger("trio_monitor").removeHandler(self.logs)
+        # Someone always listens, so nothing is logged at ERROR.
+        assert self.errors_logged() == []
 
 
 MonitorMachine.TestCase.settings = settings(max_examples=75, stateful_step_count=30, deadline=None)

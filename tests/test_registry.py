@@ -20,7 +20,13 @@ import trio.testing
 
 import trio_monitor as tm
 from tests.channels import drain_nowait
-from tests.hostile import Misbehaviour, UnprintableError, respawning, run_misbehaving
+from tests.hostile import (
+    Misbehaviour,
+    assert_reported_readably,
+    raise_unprintable,
+    respawning,
+    run_misbehaving,
+)
 
 LOGGER = "trio_monitor.registry"
 
@@ -644,25 +650,19 @@ async def test_finished_tasks_hold_no_memory(autojump_clock: trio.testing.MockCl
 # -- edges (issue 8) ---------------------------------------------------------
 
 
-async def unprintable() -> None:
-    raise UnprintableError
-
-
 async def test_an_unprintable_exception_is_logged_reported_and_siblings_go_on(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with tm.open_registry() as registry:
         failures = registry.subscribe()
         sibling = registry.spawn("sibling", tm.TaskKind.MAINTENANCE, trio.sleep, 10)
-        await registry.spawn("bad", tm.TaskKind.RPC_HANDLER, unprintable).wait()
+        await registry.spawn("bad", tm.TaskKind.RPC_HANDLER, raise_unprintable).wait()
         await sibling.wait()
         assert trio.current_time() == pytest.approx(10)
     [failure] = drain_nowait(failures)
-    assert isinstance(failure.reason, tm.Panic)
-    assert failure.reason.message == "<unprintable UnprintableError>"
     [record] = registry_errors(caplog)
     assert "'bad' (RPC_HANDLER" in record.getMessage()
-    assert "UnprintableError" in logging.Formatter().format(record)
+    assert_reported_readably(failure, record)
 
 
 async def test_spawn_refuses_non_async_callables_at_once(

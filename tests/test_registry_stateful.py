@@ -26,31 +26,21 @@ way (finished, or cancelled at the deadline).
 from __future__ import annotations
 
 import functools
-import logging
-import math
 from collections import Counter
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import initialize, invariant, precondition, rule
 
 import trio_monitor as tm
 from tests.hostile import Misbehaviour, Track, UnprintableError
-from tests.trio_host import STEP, Records, TrioHost
+from tests.machines import FAILS, MISBEHAVIOURS, SECONDS, HostedMachine
+from tests.trio_host import STEP
 
-SECONDS = st.sampled_from([0.0, STEP, 0.5, 1.0, 2.5, math.inf])
-FAILS = st.sampled_from([None, ValueError, UnprintableError])
-MISBEHAVIOURS = st.sampled_from(list(Misbehaviour))
 DEADLINES = st.sampled_from([0.0, STEP, 1.0, 2.5])
-LOGGER = "trio_monitor.registry"
 
 
 @attrs.define(eq=False)
@@ -67,48 +57,27 @@ class Task:
         return self.track.outcome == "raised" and not self.stopped
 
 
-class RegistryMachine(RuleBasedStateMachine):
+class RegistryMachine(HostedMachine):
+    LOGGER = "trio_monitor.registry"
+    BLOCK_ERRORS = (tm.ShutdownDeadlineExceeded,)
+
     def __init__(self) -> None:
         super().__init__()
-        self.ready = False
-        self.configured = trio.Event()
         self.tasks: list[Task] = []
-        self.reports: list[tm.TaskFailure] = []
-        self.stopped = False
         # A join_all or the block's end is under way (spawns are part of it).
         self.stopping = False
-        self.how_to_end = "exit"
-        self.exit = trio.Event()
-        self.exited = trio.Event()
-        self.outer = trio.CancelScope()
-        self.block_error: BaseException | None = None
-        self.logs = Records()
-        logging.getLogger(LOGGER).addHandler(self.logs)
         self.shutdown_deadline = 0.0
-        self.host = TrioHost(self._body)
 
     @initialize(shutdown_deadline=DEADLINES)
     def open(self, shutdown_deadline: float) -> None:
         self.shutdown_deadline = shutdown_deadline
-        self.host.call(self._open)
-        self.ready = True
+        self.configure()
 
-    async def _open(self) -> None:
-        self.configured.set()
+    def open_component(self) -> AbstractAsyncContextManager[tm.TaskRegistry]:
+        return tm.open_registry(self.shutdown_deadline)
 
-    async def _body(self, host: TrioHost) -> None:
-        await self.configured.wait()
-        with self.outer:
-            try:
-                async with tm.open_registry(self.shutdown_deadline) as registry:
-                    self.registry = registry
-                    self.failures = registry.subscribe(math.inf)
-                    await self.exit.wait()
-                    if self.how_to_end == "raise":
-                        raise LookupError("body")
-            except (LookupError, tm.ShutdownDeadlineExceeded) as exc:
-                self.block_error = exc
-        self.exited.set()
+    def opened(self, component: tm.TaskRegistry) -> None:
+        self.registry = component
 
     # --- rules ---
 
@@ -133,15 +102,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self._respawn(how)
 
     def _respawn(self, how: Misbehaviour) -> None:
-        # A reconnect loop: whenever it ends, it spawns its replacement.
-        track = Track(how, math.inf)
-
-        async def loop() -> None:
-            try:
-                await track.run(self.host.gate.block)
-            finally:
-                self._respawn(how)
-
+        track, loop = self.reconnect_loop(how, lambda: self._respawn(how))
         name = f"t{len(self.tasks)}"
         handle = self.registry.spawn(name, tm.TaskKind.PEER_CONNECTION, loop)
         # Spawned while the registry stops: part of that stop.
@@ -224,25 +185,16 @@ class RegistryMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.ready and self.tasks and not self.stopped)
     @rule(how=st.sampled_from(["exit", "raise", "outer"]))
     def stop(self, how: str) -> None:
-        self.stopped = True
         self.host.call(self._stop, how)
 
     async def _stop(self, how: str) -> None:
         start = trio.current_time()
         self.stopping = True
-        if how == "outer":
-            self.outer.cancel()
-        else:
-            self.how_to_end = how
-            self.exit.set()
-        elapsed = await self.host.advance(self.shutdown_deadline + 60, until=self.exited.is_set)
-        assert self.exited.is_set()
+        elapsed = await self.end_block(how, self.shutdown_deadline + 60)
         bound = 0 if how == "outer" else self.shutdown_deadline
         assert elapsed <= bound + 2 * STEP, (elapsed, bound)
         cancelled = self._stopped_at(start + bound)
-        if how == "raise":
-            assert isinstance(self.block_error, LookupError)
-        elif how == "exit":
+        if how == "exit":
             error = self.block_error
             assert error is None or isinstance(error, tm.ShutdownDeadlineExceeded)
             self._check_pending(error, cancelled)
@@ -259,11 +211,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.host.call(self._check)
 
     async def _check(self) -> None:
-        while True:
-            try:
-                self.reports.append(self.failures.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        self.collect_reports()
         names = Counter(r.task.name for r in self.reports)
         assert all(n == 1 for n in names.values()), names
         by_name = {task.name: task for task in self.tasks}
@@ -278,20 +226,12 @@ class RegistryMachine(RuleBasedStateMachine):
                 assert names[task.name] == 1, task
             if task.track.cancelled_at is not None:
                 assert task.stopped, task
-        errors = [r for r in self.logs.records if r.levelno >= logging.ERROR]
-        assert len(errors) == len(self.reports)
-        for record in self.logs.records:
-            logging.Formatter().format(record)
+        # Each failure is logged once at ERROR, and nothing else is.
+        assert len(self.errors_logged()) == len(self.reports)
         if not self.stopped:
             live = [t.name for t in self.tasks if t.track.running]
             assert sorted(s.name for s in self.registry.snapshot()) == sorted(live)
             assert len(self.registry) == len(live)
-
-    def teardown(self) -> None:
-        try:
-            self.host.close()
-        finally:
-            logging.getLogger(LOGGER).removeHandler(self.logs)
 
 
 RegistryMachine.TestCase.settings = settings(max_examples=75, stateful_step_count=30, deadline=None)

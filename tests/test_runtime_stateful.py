@@ -29,30 +29,23 @@ the drain deadline cancels the others may count either way.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import initialize, invariant, precondition, rule
 
 import trio_monitor as tm
-from tests.hostile import Misbehaviour, Track, UnprintableError
-from tests.trio_host import STEP, Records, TrioHost
+from tests.hostile import Track, UnprintableError
+from tests.machines import FAILS, MISBEHAVIOURS, HostedMachine
+from tests.trio_host import STEP, TrioHost
 
+# Longer jobs than the other machines', so that drains have work to cut.
 SECONDS = st.sampled_from([0.0, STEP, 0.5, 1.0, 2.5, 5.0, math.inf, math.inf])
-FAILS = st.sampled_from([None, ValueError, UnprintableError])
-MISBEHAVIOURS = st.sampled_from(list(Misbehaviour))
-LOGGER = "trio_monitor.runtime"
 # A job: its track, and whether it is spawned as a callable object.
 JOBS = st.tuples(st.builds(Track, MISBEHAVIOURS, SECONDS, FAILS), st.booleans())
 
@@ -88,31 +81,22 @@ class Expected:
     timed_out: set[str]
 
 
-class RuntimeMachine(RuleBasedStateMachine):
+class RuntimeMachine(HostedMachine):
+    LOGGER = "trio_monitor.runtime"
+    BLOCK_ERRORS = (tm.ShutdownTimeout,)
+
     def __init__(self) -> None:
         super().__init__()
-        self.ready = False
-        self.configured = trio.Event()
         self.config = tm.RuntimeConfig()
         self.jobs: dict[str, Job] = {}
         self.accepted = 0
         self.rejected = 0
-        self.reports: list[tm.TaskFailure] = []
         self.closed = False  # shutdown() was called, or the block ended
-        self.stopped = False  # the block ended
         self.drain_deadline: float | None = None
         self.drained = False
         # When the stops cancelled the running jobs, if they did.
         self.drain_cancel_at: float | None = None
         self.outer_at: float | None = None
-        self.how_to_end = "exit"
-        self.exit = trio.Event()
-        self.exited = trio.Event()
-        self.outer = trio.CancelScope()
-        self.block_error: BaseException | None = None
-        self.logs = Records()
-        logging.getLogger(LOGGER).addHandler(self.logs)
-        self.host = TrioHost(self._body)
 
     @initialize(
         queue=st.integers(1, 4),
@@ -127,26 +111,14 @@ class RuntimeMachine(RuleBasedStateMachine):
             drain_timeout=drain,
             job_timeout=job_timeout,
         )
-        self.host.call(self._open)
-        self.ready = True
+        self.configure()
 
-    async def _open(self) -> None:
-        self.configured.set()
+    def open_component(self) -> AbstractAsyncContextManager[tm.BackgroundRuntime]:
+        return tm.open_runtime(self.config)
 
-    async def _body(self, host: TrioHost) -> None:
-        await self.configured.wait()
-        with self.outer:
-            try:
-                async with tm.open_runtime(self.config) as runtime:
-                    self.runtime = runtime
-                    self.handle = runtime.handle()
-                    self.failures = runtime.subscribe(math.inf)
-                    await self.exit.wait()
-                    if self.how_to_end == "raise":
-                        raise LookupError("body")
-            except (LookupError, tm.ShutdownTimeout) as exc:
-                self.block_error = exc
-        self.exited.set()
+    def opened(self, component: tm.BackgroundRuntime) -> None:
+        self.runtime = component
+        self.handle = component.handle()
 
     # --- rules ---
 
@@ -276,22 +248,16 @@ class RuntimeMachine(RuleBasedStateMachine):
 
     async def _stop(self, how: str) -> None:
         start = trio.current_time()
-        self.stopped = self.closed = True
+        self.closed = True
         if how == "outer":
             self.outer_at = start
-            self.outer.cancel()
-        else:
-            if self.drain_deadline is None:
-                self.drain_deadline = start + self.config.drain_timeout
-            self.how_to_end = how
-            self.exit.set()
-        elapsed = await self.host.advance(self.config.drain_timeout + 60, self.exited.is_set)
-        assert self.exited.is_set()
+        elif self.drain_deadline is None:
+            self.drain_deadline = start + self.config.drain_timeout
+        elapsed = await self.end_block(how, self.config.drain_timeout + 60)
         if how == "outer":
             assert elapsed <= 2 * STEP
             assert self.block_error is None
         elif how == "raise":
-            assert isinstance(self.block_error, LookupError)
             self._drain_ran(start, start + elapsed, "dropped")
         else:
             self._drain_ran(start, start + elapsed, self.block_error)
@@ -350,11 +316,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.host.call(self._check)
 
     async def _check(self) -> None:
-        while True:
-            try:
-                self.reports.append(self.failures.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        self.collect_reports()
         m = self.runtime.metrics()
         assert m.accepted == self.accepted
         assert m.rejected == self.rejected
@@ -387,16 +349,8 @@ class RuntimeMachine(RuleBasedStateMachine):
                 assert type(reason.exception) is TimeoutError
             elif isinstance(reason.exception, UnprintableError):
                 assert reason.message == "<unprintable UnprintableError>"
-        errors = [r for r in self.logs.records if r.levelno >= logging.ERROR]
-        assert len(errors) == m.failed
-        for record in self.logs.records:
-            logging.Formatter().format(record)
-
-    def teardown(self) -> None:
-        try:
-            self.host.close()
-        finally:
-            logging.getLogger(LOGGER).removeHandler(self.logs)
+        # Each failure is logged once at ERROR, and nothing else is.
+        assert len(self.errors_logged()) == m.failed
 
 
 RuntimeMachine.TestCase.settings = settings(max_examples=75, stateful_step_count=30, deadline=None)

@@ -322,25 +322,6 @@ class _Engine:
             raise QueueFull()
         self._accept(job)
 
-    def spawn_call(
-        self,
-        async_fn: Callable[..., Awaitable[object]],
-        args: tuple[Any, ...],
-        name: str | None,
-        request_id: str | None,
-    ) -> None:
-        # For spawn_from_thread: the job is made (and checked) in the Trio thread.
-        self.spawn(_new_job(async_fn, args, name, request_id))
-
-    async def spawn_wait_call(
-        self,
-        async_fn: Callable[..., Awaitable[object]],
-        args: tuple[Any, ...],
-        name: str | None,
-        request_id: str | None,
-    ) -> None:
-        await self.spawn_wait(_new_job(async_fn, args, name, request_id))
-
     def _accept(self, job: _Job) -> None:
         pending = self._pending
         pending.append(job)
@@ -718,8 +699,10 @@ class RuntimeHandle:
         """
         engine = self._engine
         try:
+            # The job is made (and checked) in the Trio thread.
             trio.from_thread.run_sync(
-                engine.spawn_call, async_fn, args, name, request_id, trio_token=engine.token
+                lambda: engine.spawn(_new_job(async_fn, args, name, request_id)),
+                trio_token=engine.token,
             )
         except trio.RunFinishedError:
             raise RuntimeClosed() from None
@@ -742,7 +725,8 @@ class RuntimeHandle:
         engine = self._engine
         try:
             trio.from_thread.run(
-                engine.spawn_wait_call, async_fn, args, name, request_id, trio_token=engine.token
+                lambda: engine.spawn_wait(_new_job(async_fn, args, name, request_id)),
+                trio_token=engine.token,
             )
         except trio.RunFinishedError:
             raise RuntimeClosed() from None
