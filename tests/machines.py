@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import trio
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 import trio_monitor as tm
 from tests.hostile import Misbehaviour, Track, UnprintableError
@@ -118,22 +118,60 @@ class HostedMachine(RuleBasedStateMachine):
             logging.Formatter().format(record)
         return [r for r in self.logs.records if r.levelno >= logging.ERROR]
 
-    def reconnect_loop(
-        self, how: Misbehaviour, respawn: Callable[[], object]
-    ) -> tuple[Track, Callable[[], Awaitable[None]]]:
-        """A task for ever, calling ``respawn()`` from its ``finally``."""
-        track = Track(how, math.inf)
-
-        async def loop() -> None:
-            try:
-                await track.run(self.host.gate.block)
-            finally:
-                respawn()
-
-        return track, loop
+    @precondition(lambda self: self.ready)
+    @rule(steps=st.integers(1, 24))
+    def advance(self, steps: int) -> None:
+        self.host.call(self.host.advance, steps * STEP)
 
     def teardown(self) -> None:
         try:
             self.host.close()
         finally:
             logging.getLogger(self.LOGGER).removeHandler(self.logs)
+
+
+class TaskMachine(HostedMachine):
+    """A machine whose component runs tasks with handles: aborts, reconnect loops.
+
+    Subclasses list their unfinished tasks in :meth:`live_tasks` (each with a
+    ``track``, a ``handle`` with ``abort()``, and a ``stopped`` flag), and
+    spawn reconnect loops in :meth:`spawn_loop`. A reconnect loop runs for
+    ever and, whenever it ends (for whatever reason), spawns its replacement
+    from its ``finally``.
+    """
+
+    def live_tasks(self) -> list[Any]:
+        raise NotImplementedError
+
+    def spawn_loop(self, track: Track, loop: Callable[[], Awaitable[None]]) -> None:
+        raise NotImplementedError
+
+    @precondition(lambda self: self.ready and self.live_tasks())
+    @rule(data=st.data())
+    def abort(self, data: st.DataObject) -> None:
+        task = data.draw(st.sampled_from(self.live_tasks()))
+        self.host.call(self._abort, task)
+
+    async def _abort(self, task: Any) -> None:
+        if task.track.outcome is None:
+            task.stopped = True
+        task.handle.abort()
+
+    @precondition(lambda self: self.ready and not self.stopped)
+    @rule(how=MISBEHAVIOURS)
+    def spawn_respawner(self, how: Misbehaviour) -> None:
+        self.host.call(self._respawn_in_run, how)
+
+    async def _respawn_in_run(self, how: Misbehaviour) -> None:
+        self.respawn(how)
+
+    def respawn(self, how: Misbehaviour) -> None:
+        track = Track(how, math.inf)
+
+        async def loop() -> None:
+            try:
+                await track.run(self.host.gate.block)
+            finally:
+                self.respawn(how)
+
+        self.spawn_loop(track, loop)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import attrs
@@ -38,7 +39,7 @@ from hypothesis.stateful import invariant, precondition, rule
 
 import trio_monitor as tm
 from tests.hostile import Misbehaviour, Track, UnprintableError
-from tests.machines import FAILS, MISBEHAVIOURS, SECONDS, HostedMachine
+from tests.machines import FAILS, MISBEHAVIOURS, SECONDS, TaskMachine
 from tests.trio_host import STEP
 
 KINDS = st.sampled_from(["infinite", "finite", "fallible"])
@@ -66,7 +67,7 @@ class Task:
         return None
 
 
-class MonitorMachine(HostedMachine):
+class MonitorMachine(TaskMachine):
     LOGGER = "trio_monitor"
 
     def __init__(self) -> None:
@@ -98,16 +99,7 @@ class MonitorMachine(HostedMachine):
             handle = getattr(self.monitor, f"spawn_{kind}")(kind, body)
         self.tasks[handle.info.id] = Task(track, kind, handle, handle.info)
 
-    @precondition(lambda self: not self.stopped)
-    @rule(how=MISBEHAVIOURS)
-    def spawn_respawner(self, how: Misbehaviour) -> None:
-        self.host.call(self._spawn_respawner, how)
-
-    async def _spawn_respawner(self, how: Misbehaviour) -> None:
-        self._respawn(how)
-
-    def _respawn(self, how: Misbehaviour) -> None:
-        track, loop = self.reconnect_loop(how, lambda: self._respawn(how))
+    def spawn_loop(self, track: Track, loop: Callable[[], Awaitable[None]]) -> None:
         handle = self.monitor.spawn_infinite("respawner", loop)
         # Spawned during the monitor's stop: part of that intentional stop
         # (born aborted, or cancelled by the outer cancellation at once).
@@ -115,27 +107,15 @@ class MonitorMachine(HostedMachine):
             track, "respawner", handle, handle.info, stopped=self.stopped
         )
 
-    def _live(self) -> list[Task]:
+    def live_tasks(self) -> list[Task]:
         return [
             t for t in self.tasks.values() if t.handle is not None and not t.handle.is_finished()
         ]
 
-    @precondition(lambda self: self._live())
-    @rule(data=st.data())
-    def abort(self, data: st.DataObject) -> None:
-        task = data.draw(st.sampled_from(self._live()))
-        self.host.call(self._abort, task)
-
-    async def _abort(self, task: Task) -> None:
-        if task.track.outcome is None:
-            task.stopped = True
-        assert task.handle is not None
-        task.handle.abort()
-
-    @precondition(lambda self: self._live())
+    @precondition(lambda self: self.live_tasks())
     @rule(data=st.data())
     def drop(self, data: st.DataObject) -> None:
-        task = data.draw(st.sampled_from(self._live()))
+        task = data.draw(st.sampled_from(self.live_tasks()))
         self.host.call(self._drop, task)
 
     async def _drop(self, task: Task) -> None:
@@ -165,10 +145,6 @@ class MonitorMachine(HostedMachine):
         channel.close()
         # Counted out at once, before any failure is published.
         assert self.monitor.statistics().subscribers == 1 + len(self.extra)
-
-    @rule(steps=st.integers(1, 24))
-    def advance(self, steps: int) -> None:
-        self.host.call(self.host.advance, steps * STEP)
 
     @precondition(lambda self: self.tasks and not self.stopped)
     @rule(how=st.sampled_from(["exit", "raise", "outer"]))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import attrs
@@ -37,7 +38,7 @@ from hypothesis.stateful import initialize, invariant, precondition, rule
 
 import trio_monitor as tm
 from tests.hostile import Misbehaviour, Track, UnprintableError
-from tests.machines import FAILS, MISBEHAVIOURS, SECONDS, HostedMachine
+from tests.machines import FAILS, MISBEHAVIOURS, SECONDS, TaskMachine
 from tests.trio_host import STEP
 
 DEADLINES = st.sampled_from([0.0, STEP, 1.0, 2.5])
@@ -57,7 +58,7 @@ class Task:
         return self.track.outcome == "raised" and not self.stopped
 
 
-class RegistryMachine(HostedMachine):
+class RegistryMachine(TaskMachine):
     LOGGER = "trio_monitor.registry"
     BLOCK_ERRORS = (tm.ShutdownDeadlineExceeded,)
 
@@ -93,39 +94,14 @@ class RegistryMachine(HostedMachine):
         handle = self.registry.spawn(name, kind, functools.partial(track.run, self.host.gate.block))
         self.tasks.append(Task(track, handle, name))
 
-    @precondition(lambda self: self.ready and not self.stopped)
-    @rule(how=MISBEHAVIOURS)
-    def spawn_respawner(self, how: Misbehaviour) -> None:
-        self.host.call(self._respawn_async, how)
-
-    async def _respawn_async(self, how: Misbehaviour) -> None:
-        self._respawn(how)
-
-    def _respawn(self, how: Misbehaviour) -> None:
-        track, loop = self.reconnect_loop(how, lambda: self._respawn(how))
+    def spawn_loop(self, track: Track, loop: Callable[[], Awaitable[None]]) -> None:
         name = f"t{len(self.tasks)}"
         handle = self.registry.spawn(name, tm.TaskKind.PEER_CONNECTION, loop)
         # Spawned while the registry stops: part of that stop.
         self.tasks.append(Task(track, handle, name, stopped=self.stopping))
 
-    def _live(self) -> list[Task]:
+    def live_tasks(self) -> list[Task]:
         return [t for t in self.tasks if not t.handle.is_finished()]
-
-    @precondition(lambda self: self.ready and self._live())
-    @rule(data=st.data())
-    def abort(self, data: st.DataObject) -> None:
-        task = data.draw(st.sampled_from(self._live()))
-        self.host.call(self._abort, task)
-
-    async def _abort(self, task: Task) -> None:
-        if task.track.outcome is None:
-            task.stopped = True
-        task.handle.abort()
-
-    @precondition(lambda self: self.ready)
-    @rule(steps=st.integers(1, 24))
-    def advance(self, steps: int) -> None:
-        self.host.call(self.host.advance, steps * STEP)
 
     @precondition(lambda self: self.ready and not self.stopped)
     @rule(deadline=DEADLINES)

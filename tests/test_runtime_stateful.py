@@ -162,13 +162,6 @@ class RuntimeMachine(HostedMachine):
         else:  # pragma: no cover
             raise AssertionError("a closed runtime accepted a job")
 
-    @precondition(lambda self: self.ready)
-    @rule(steps=st.integers(1, 24))
-    def advance(self, steps: int) -> None:
-        self.host.call(self.host.advance, steps * STEP)
-
-    # Stopping an empty runtime is dull (and tested elsewhere): stops wait
-    # for a job, so that examples spend their steps on the interesting part.
     # Calls after the drain has ended return at once: one is enough.
     @precondition(lambda self: self.jobs and not self.stopped and not self.drained)
     @rule(cut=st.integers(0, 24) | st.none())
