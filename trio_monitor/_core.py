@@ -40,14 +40,7 @@ from typing import Any, Final, TypeGuard, TypeVar, cast
 
 import trio
 
-from ._failures import (
-    EarlyTermination,
-    Error,
-    Panic,
-    TaskFailure,
-    TaskInfo,
-    next_task_id,
-)
+from ._failures import EarlyTermination, Error, Panic, TaskFailure, TaskInfo, next_task_id
 
 __all__ = [
     "FailurePolicy",
