@@ -162,6 +162,8 @@ def coroutine_or_error(async_fn: Any, args: tuple[Any, ...]) -> AnyCoroutine:
                 f"expected an async function, not a {type(async_fn).__name__} object"
             ) from None
         raise
+    if type(coro) is types.CoroutineType:  # the fast path: an async def function
+        return cast(AnyCoroutine, coro)
     if _is_coroutine(coro):
         return coro
     name = callable_name(async_fn)
@@ -357,8 +359,7 @@ class SupervisedNursery:
         """
         coro = coroutine_or_error(async_fn, args)
         state = TaskState(name, meta)
-        born_aborted = self.stopping
-        state.aborted = born_aborted
+        born_aborted = state.aborted = self._closing or self._aborting > 0
         try:
             self._nursery.start_soon(self._run, state, coro, policy, name=name)
         except RuntimeError as exc:
