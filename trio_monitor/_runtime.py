@@ -234,7 +234,6 @@ class _Engine:
     """The runtime's state and workers, shared by the runtime and its handles."""
 
     __slots__ = (
-        "_accepted",
         "_broadcaster",
         "_cancelled",
         "_closed",
@@ -285,7 +284,6 @@ class _Engine:
         self._draining: trio.Event | None = None
         self._drained = False
         self._counts_before_drain = (0, 0)
-        self._accepted = 0
         self._running = 0
         self._succeeded = 0
         self._failed = 0
@@ -325,7 +323,6 @@ class _Engine:
     def _accept(self, job: _Job) -> None:
         pending = self._pending
         pending.append(job)
-        self._accepted += 1
         if len(pending) > self._summoned:
             # Nobody on the way will take this job: wake an idle worker, or
             # start one while there are fewer than max_concurrent_tasks.
@@ -374,8 +371,10 @@ class _Engine:
                 job = pending.popleft()
                 if waiters:
                     # The slot just freed goes to the longest waiting caller.
+                    # The deque keeps its length and this worker goes on
+                    # popping, so nobody needs summoning (see _accept).
                     waiter = waiters.popleft()
-                    self._accept(waiter.job)
+                    pending.append(waiter.job)
                     trio.lowlevel.reschedule(waiter.task)
                 self._running += 1
                 timed_out = False
