@@ -49,8 +49,10 @@ __all__ = [
     "callable_name",
     "capture",
     "coroutine_or_error",
+    "deferred_call",
     "is_async_function",
     "is_outer_cancelled",
+    "not_isolated",
     "open_component",
     "resume",
 ]
@@ -199,6 +201,34 @@ def is_async_function(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
+def deferred_call(async_fn: object, args: tuple[Any, ...]) -> bool:
+    """Whether ``async_fn(*args)`` may wait until its task starts.
+
+    True when ``async_fn`` is a plain ``async def`` function (calling it does
+    nothing but create the coroutine) and ``args`` bind to its parameters,
+    checked from its code object the way the interpreter binds them: the
+    call cannot fail, so nothing is lost by making it later, and no
+    coroutine waits in memory meanwhile. False means "call it now with
+    :func:`coroutine_or_error`", which also raises the interpreter's own
+    :class:`TypeError` for arguments that do not bind.
+    """
+    if type(async_fn) is not types.FunctionType:
+        return False
+    code = async_fn.__code__
+    flags = code.co_flags
+    if not flags & inspect.CO_COROUTINE:
+        return False
+    given, accepted = len(args), code.co_argcount
+    if given > accepted and not flags & inspect.CO_VARARGS:
+        return False  # too many positional arguments
+    defaults = async_fn.__defaults__
+    if given < accepted - (len(defaults) if defaults else 0):
+        return False  # a required positional argument is missing
+    keyword_defaults = async_fn.__kwdefaults__
+    # A keyword-only parameter without a default can never be given here.
+    return code.co_kwonlyargcount == (len(keyword_defaults) if keyword_defaults else 0)
+
+
 def resume(coro: AnyCoroutine) -> AnyCoroutine:
     """``capture(resume, (coro,))`` runs a coroutine created earlier.
 
@@ -222,17 +252,30 @@ async def capture(async_fn: AsyncFn, args: tuple[Any, ...]) -> Exception | None:
     outer cancellation while a child failed) is split: the non-``Exception``
     part propagates, and the ``Exception`` part is dropped, because the task
     is being stopped anyway and those errors must not escape into the
-    supervisor's nursery.
+    supervisor's nursery (see :func:`not_isolated`).
+
+    The hot paths (a supervised task's body, a runtime job) spell the same
+    ``try`` out inline, to save a coroutine frame per task.
     """
     try:
         await async_fn(*args)
     except Exception as exc:
         return exc
     except BaseExceptionGroup as group:
-        _, others = group.split(Exception)
-        assert others is not None  # an all-Exception group is an Exception
-        raise others  # noqa: B904 - the group stays as its __context__
+        raise not_isolated(group)  # noqa: B904 - the group stays as its __context__
     return None
+
+
+def not_isolated(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The part of a body's mixed exception group that must propagate.
+
+    Raise it from the ``except BaseExceptionGroup`` clause that caught
+    ``group`` (so that the group stays reachable as its ``__context__``); the
+    ``Exception`` part is dropped, see :func:`capture`.
+    """
+    _, others = group.split(Exception)
+    assert others is not None  # an all-Exception group is an Exception
+    return others
 
 
 class TaskState:
@@ -357,13 +400,19 @@ class SupervisedNursery:
             :func:`coroutine_or_error`).
           RuntimeError: The nursery has exited (the component's block is over).
         """
-        coro = coroutine_or_error(async_fn, args)
+        if deferred_call(async_fn, args):
+            # Called when the task starts: no coroutine waits in the queue
+            # (one object less per task for the garbage collector to scan).
+            body, body_args = async_fn, args
+        else:
+            body, body_args = resume, (coroutine_or_error(async_fn, args),)
         state = TaskState(name, meta)
         born_aborted = state.aborted = self._closing or self._aborting > 0
         try:
-            self._nursery.start_soon(self._run, state, coro, policy, name=name)
+            self._nursery.start_soon(self._run, state, body, body_args, policy, name=name)
         except RuntimeError as exc:
-            coro.close()
+            if body is resume:
+                body_args[0].close()
             raise RuntimeError(
                 f"cannot spawn {name!r}: the component is closed; spawn inside its async with block"
             ) from exc
@@ -377,7 +426,9 @@ class SupervisedNursery:
             )
         return state
 
-    async def _run(self, state: TaskState, coro: AnyCoroutine, policy: FailurePolicy) -> None:
+    async def _run(
+        self, state: TaskState, body: AsyncFn, args: tuple[Any, ...], policy: FailurePolicy
+    ) -> None:
         exc: Exception | None = None
         returned = False
         try:
@@ -386,18 +437,26 @@ class SupervisedNursery:
                     if state.aborted:
                         # Aborted (or born aborted) before its first step: the
                         # body never starts.
-                        coro.close()
+                        if body is resume:
+                            args[0].close()
                     else:
-                        exc = await capture(resume, (coro,))
-                        returned = exc is None
+                        # capture(), inline: no frame of its own per task.
+                        try:
+                            await body(*args)
+                        except Exception as caught:
+                            exc = caught
+                        except BaseExceptionGroup as group:
+                            raise not_isolated(group)  # noqa: B904 - see capture
+                        else:
+                            returned = True
             except Exception as group:
                 # What an exception group keeps once our own scope has taken
                 # its Cancelled out of it.
                 exc = group
         finally:
             self._forget(state)
-        if state.aborted or self._closing:
-            return
+        if state.aborted or self._closing or (exc is None and not policy.runs_forever):
+            return  # stopped on purpose, or a one-shot task's success
         reason = policy.classify(returned, exc)
         if reason is not None and not is_outer_cancelled():
             self._deliver(state, TaskFailure(state.info, reason))

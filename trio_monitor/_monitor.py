@@ -186,7 +186,8 @@ class TaskMonitor:
         args: tuple[object, ...],
         policy: FailurePolicy,
     ) -> TaskHandle:
-        check_str("task name", name, allow_empty=True)
+        if type(name) is not str:
+            check_str("task name", name, allow_empty=True)
         return TaskHandle(self._supervisor.spawn(name, async_fn, args, policy), self._token)
 
     def spawn_infinite(
