@@ -29,6 +29,7 @@ from trio_monitor._core import (
     callable_name,
     capture,
     coroutine_or_error,
+    deferred_call,
     is_async_function,
     is_outer_cancelled,
     open_component,
@@ -544,6 +545,61 @@ def test_is_async_function_needs_no_call() -> None:
     coro = nothing()
     assert not is_async_function(coro)
     coro.close()
+
+
+def _async_def(positional: int, defaults: int, varargs: bool, kwonly: int, kwdefaults: int) -> Any:
+    """An ``async def`` function with the given parameter shape."""
+    params = [f"p{i}" + ("=0" if i >= positional - defaults else "") for i in range(positional)]
+    if varargs:
+        params.append("*rest")
+    elif kwonly:
+        params.append("*")
+    params += [f"k{i}" + ("=0" if i < kwdefaults else "") for i in range(kwonly)]
+    namespace: dict[str, Any] = {}
+    exec(f"async def fn({', '.join(params)}):\n    pass", namespace)
+    return namespace["fn"]
+
+
+@given(
+    shape=st.tuples(st.integers(0, 4), st.integers(0, 4), st.booleans())
+    .flatmap(
+        lambda t: st.tuples(
+            st.just(t[0]), st.integers(0, t[0]), st.just(t[2]), st.integers(0, 3), st.integers(0, 3)
+        )
+    )
+    .filter(lambda t: t[4] <= t[3]),
+    given_args=st.integers(0, 6),
+)
+def test_deferred_call_exactly_when_the_arguments_bind(
+    shape: tuple[int, int, bool, int, int], given_args: int
+) -> None:
+    # A deferred call must never fail later: deferred_call says yes exactly
+    # when the interpreter binds the arguments.
+    fn = _async_def(*shape)
+    args = tuple(range(given_args))
+    try:
+        fn(*args).close()
+    except TypeError:
+        binds = False
+    else:
+        binds = True
+    assert deferred_call(fn, args) is binds
+
+
+def test_deferred_call_only_for_plain_async_functions() -> None:
+    assert deferred_call(nothing, ())
+    assert not deferred_call(functools.partial(nothing), ())  # a call tells, not the code
+    assert not deferred_call(Component.method, ())  # self is missing
+    assert not deferred_call(sync_function, ())
+    assert not deferred_call(async_generator, ())
+    assert not deferred_call(AsyncCallable(), ())
+
+
+async def test_a_deferred_task_still_refuses_wrong_arguments_at_spawn() -> None:
+    async with open_component(lambda supervisor: supervisor, lambda failure: None) as supervisor:
+        with pytest.raises(TypeError, match="positional argument"):
+            supervisor.spawn("wrong", fail, (), FINITE)
+        assert not supervisor.tasks
 
 
 def test_callable_name_never_raises() -> None:
