@@ -55,6 +55,7 @@ from ._core import (
     capture,
     coroutine_or_error,
     is_async_function,
+    not_isolated,
     open_component,
     resume,
 )
@@ -271,8 +272,10 @@ class _Engine:
         self._max_workers = config.max_concurrent_tasks
         self._pending: deque[_Job] = deque()
         self._waiters: deque[_Waiter] = deque()
-        # Idle workers park here until a job arrives.
-        self._idle = trio.lowlevel.ParkingLot()
+        # Idle workers park here until a job arrives, the longest idle
+        # first to wake. (A deque and Trio's lowlevel wait, not a
+        # ParkingLot: this is on every job's path when workers go idle.)
+        self._idle: deque[trio.lowlevel.Task] = deque()
         # Workers started or woken that have not looked at the deque yet:
         # they will take that many queued jobs, so nobody else is woken for them.
         self._summoned = 0
@@ -326,7 +329,8 @@ class _Engine:
         if len(pending) > self._summoned:
             # Nobody on the way will take this job: wake an idle worker, or
             # start one while there are fewer than max_concurrent_tasks.
-            if self._idle.unpark(count=1):
+            if self._idle:
+                trio.lowlevel.reschedule(self._idle.popleft())
                 self._summoned += 1
             elif len(self._supervisor.tasks) < self._max_workers:
                 self._supervisor.spawn(_WORKER_NAME, self.work, (), FINITE)
@@ -367,7 +371,10 @@ class _Engine:
         checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
         while True:
             self._summoned -= 1
-            while pending:
+            # Jobs that summoned workers are on their way to take are theirs:
+            # taking one here would leave its worker to wake up for nothing
+            # (a task switch per job when workers keep going idle).
+            while len(pending) > self._summoned:
                 job = pending.popleft()
                 if waiters:
                     # The slot just freed goes to the longest waiting caller.
@@ -380,7 +387,14 @@ class _Engine:
                 timed_out = False
                 try:
                     if job_timeout is None:
-                        exc = await capture(job[0], job[1])
+                        # capture(), inline: no frame of its own per job.
+                        exc = None
+                        try:
+                            await job[0](*job[1])
+                        except Exception as caught:
+                            exc = caught
+                        except BaseExceptionGroup as group:
+                            raise not_isolated(group)  # noqa: B904 - see capture
                     else:
                         exc, timed_out = await self._run_with_timeout(job, job_timeout)
                     # Stopped while it ran, by the drain deadline or from
@@ -401,7 +415,19 @@ class _Engine:
                     self._job_failed(job, exc, timed_out)
             if self._closed:
                 return
-            await self._idle.park()
+            await self._park()
+
+    async def _park(self) -> None:
+        """Wait, idle, until a job or the shutdown wakes this worker."""
+        idle = self._idle
+        task = trio.lowlevel.current_task()
+        idle.append(task)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            idle.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     @staticmethod
     async def _run_with_timeout(job: _Job, seconds: float) -> tuple[Exception | None, bool]:
@@ -479,7 +505,10 @@ class _Engine:
             waiter = waiters.popleft()
             _discard(waiter.job)
             trio.lowlevel.reschedule(waiter.task, outcome.Error(RuntimeClosed()))
-        self._summoned += len(self._idle.unpark_all())
+        idle = self._idle
+        self._summoned += len(idle)
+        while idle:
+            trio.lowlevel.reschedule(idle.popleft())
 
     def _drop_pending(self) -> None:
         """Count what is still queued as never started, and forget it."""
