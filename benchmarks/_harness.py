@@ -162,9 +162,10 @@ def table(
     ratios, and their range).
     """
     width = max(len(name) for name in samples.values) + 2
+    column = max([28, *(len(base) + 4 for base in baselines)])
     head = f"{'system':<{width}}{unit + ' (median)':>18}{'range':>22}"
     for base in baselines:
-        head += f"{'/ ' + base:>28}"
+        head += f"{'/ ' + base:>{column}}"
     lines = [head]
     for name in samples.values:
         low, high = samples.spread(name)
@@ -174,11 +175,11 @@ def table(
         )
         for base in baselines:
             if base == name or base not in samples.values:
-                line += f"{'':>28}"
+                line += f"{'':>{column}}"
                 continue
             ratios = samples.ratios(name, base)
             cell = f"{statistics.median(ratios):.3f} ({fmt_range(min(ratios), max(ratios), '.3f')})"
-            line += f"{cell:>28}"
+            line += f"{cell:>{column}}"
         lines.append(line)
     return "\n".join(lines)
 
