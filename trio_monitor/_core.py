@@ -288,7 +288,9 @@ class TaskState:
         self.name = name
         # What the component attaches to the task (the registry: kind, spawn time).
         self.meta = meta
-        self.scope = trio.CancelScope()
+        # Made when the task starts: a task waiting to start is stopped by
+        # the flag alone, and holds one object less until then.
+        self.scope: trio.CancelScope | None = None
         self.aborted = False
         self.done = False
         self._done_event: trio.Event | None = None
@@ -301,10 +303,13 @@ class TaskState:
         """Cancel the task and mark it as intentionally stopped.
 
         The flag is set first and is a plain attribute store, so this is also
-        safe from a finalizer: once it is set the task is never reported.
+        safe from a finalizer: once it is set the task is never reported. A
+        task that has not started has no scope yet: the flag alone keeps its
+        body from ever running.
         """
         self.aborted = True
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
 
     def mark_done(self) -> None:
         self.done = True
@@ -433,7 +438,7 @@ class SupervisedNursery:
         returned = False
         try:
             try:
-                with state.scope:
+                with trio.CancelScope() as state.scope:
                     if state.aborted:
                         # Aborted (or born aborted) before its first step: the
                         # body never starts.

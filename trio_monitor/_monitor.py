@@ -49,7 +49,7 @@ def _abort_dropped(state: TaskState, token: trio.lowlevel.TrioToken) -> None:
         return
     state.aborted = True
     with suppress(trio.RunFinishedError):
-        token.run_sync_soon(state.scope.cancel)
+        token.run_sync_soon(state.abort)
 
 
 class TaskHandle:
