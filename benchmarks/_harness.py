@@ -252,8 +252,9 @@ def line_chart(
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.set_ylim(bottom=0)
-    axes.legend()
+    highest = max((y for ys in series.values() for y in ys), default=1.0)
+    axes.set_ylim(bottom=0, top=highest * 1.15)  # room above the highest line
+    axes.legend(loc="lower right")
     axes.grid(alpha=0.3)
     return save(figure, name)
 
