@@ -24,6 +24,10 @@ start and stop included, the same for all). One warm-up, then alternating
 rounds; medians, ranges and per-round ratios of CPU time (the wall clock is
 shown too). ``--workers`` sweeps the worker count for the throughput chart.
 
+Last, one task alone: the CPU cost of a Trio checkpoint against
+``asyncio.sleep(0)``, and of a short ``trio.sleep`` against
+``asyncio.sleep``, the per-step costs that every job above pays.
+
     python benchmarks/bench_runtime.py [--quick] [-n N] [--rounds R] [--plot]
 """
 
@@ -119,6 +123,54 @@ def systems(
     return runs
 
 
+# -- what a Trio checkpoint and a Trio sleep cost, against asyncio -------------
+
+STEPS = 200_000
+
+
+async def trio_checkpoints() -> None:
+    for _ in range(STEPS):
+        await trio.lowlevel.checkpoint()
+
+
+async def asyncio_yields() -> None:
+    for _ in range(STEPS):
+        await asyncio.sleep(0)
+
+
+async def trio_sleeps() -> None:
+    for _ in range(STEPS // 10):
+        await trio.sleep(1e-6)
+
+
+async def asyncio_sleeps() -> None:
+    for _ in range(STEPS // 10):
+        await asyncio.sleep(1e-6)
+
+
+def primitives(rounds: int) -> None:
+    """One task alone: the per-step costs that every job pays on each side."""
+    runs: dict[str, tuple[Callable[[], Measurement], int]] = {
+        "trio checkpoint()": (lambda: measure(partial(trio.run, trio_checkpoints)), STEPS),
+        "asyncio sleep(0)": (lambda: measure(lambda: asyncio.run(asyncio_yields())), STEPS),
+        "trio sleep(1e-6)": (lambda: measure(partial(trio.run, trio_sleeps)), STEPS // 10),
+        "asyncio sleep(1e-6)": (
+            lambda: measure(lambda: asyncio.run(asyncio_sleeps())),
+            STEPS // 10,
+        ),
+    }
+    cpu = collect(
+        alternate({name: run for name, (run, _) in runs.items()}, rounds), lambda m: m.cpu
+    )
+    print(f"\nOne task alone, {rounds} rounds after a warm-up: CPU time per step")
+    for name, (_, steps) in runs.items():
+        low, high = cpu.spread(name)
+        print(
+            f"{name:<22}{cpu.median(name) / steps * 1e6:>8.2f} µs"
+            f"  ({low / steps * 1e6:.2f}-{high / steps * 1e6:.2f})"
+        )
+
+
 def main() -> None:
     parser = arguments(__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=None, help="jobs per run (default 50,000)")
@@ -150,6 +202,7 @@ def main() -> None:
             "per job (median CPU): "
             + ", ".join(f"{name} {cpu.median(name) / n * 1e6:.2f} µs" for name in cpu.values)
         )
+    primitives(max(3, rounds // 2))
     if args.plot:
         plot_sweep(n, [int(w) for w in args.workers.split(",")], max(1, rounds // 3), with_aiojobs)
 
