@@ -215,20 +215,21 @@ def bar_chart(
     title: str,
     samples: Samples,
     *,
-    ylabel: str,
+    label: str,
     scale: float = 1.0,
 ) -> Path:
-    """Medians as bars with the min-to-max range as error bars."""
+    """Medians as horizontal bars, the min-to-max range as error bars."""
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(7, 3.8))
     names = list(samples.values)
+    figure, axes = plt.subplots(figsize=(9.5, 1.2 + 0.45 * len(names)))
     medians = [samples.median(n) * scale for n in names]
     lows = [m - samples.spread(n)[0] * scale for m, n in zip(medians, names, strict=True)]
     highs = [samples.spread(n)[1] * scale - m for m, n in zip(medians, names, strict=True)]
-    axes.bar(names, medians, yerr=[lows, highs], capsize=4, color="tab:blue")
-    axes.set_ylabel(ylabel)
+    axes.barh(names, medians, xerr=[lows, highs], capsize=4, color="tab:blue")
+    axes.invert_yaxis()  # the first system on top, as in the tables
+    axes.set_xlabel(label)
     axes.set_title(title)
-    axes.tick_params(axis="x", labelrotation=15)
+    axes.grid(axis="x", alpha=0.3)
     return save(figure, name)
 
 

@@ -144,7 +144,7 @@ def main() -> None:
                 "monitor_" + ("batches" if "batches" in shape else "at_once"),
                 f"{n:,} no-op tasks {shape}",
                 cpu,
-                ylabel="µs of CPU per task (median, range)",
+                label="µs of CPU per task (median, range)",
                 scale=1e6 / n,
             )
 

@@ -446,7 +446,7 @@ def main() -> None:
             f"postgres_throughput{suffix}",
             f"{args.jobs:,} no-op jobs, {args.concurrency} workers, PostgreSQL at {durability}",
             Samples({s: rates[s] for s in done}),
-            ylabel="jobs per second (median, range)",
+            label="jobs per second (median, range)",
         )
 
 

@@ -299,7 +299,7 @@ def main() -> None:
             "sqlite_throughput",
             f"{n:,} no-op jobs on SQLite (WAL)",
             rates,
-            ylabel="jobs per second (median, range)",
+            label="jobs per second (median, range)",
         )
 
 
