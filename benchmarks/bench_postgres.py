@@ -5,8 +5,9 @@ Usage: ``python benchmarks/bench_postgres.py [--quick] [--rounds R] [--jobs N]
 
 Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``) at
 PostgreSQL's default durability (fsync on; ``--fsync-off`` for the extra,
-non-durable row), then for each round and each system (in an order rotated
-every round, a fresh database each time):
+non-durable row), runs every system once untimed (500 jobs) to warm up,
+then for each round and each system (in an order rotated every round, a
+fresh database each time):
 
 * **throughput**: N no-op jobs are enqueued first (not timed) by a producer
   process; then a worker process with C concurrent workers opens its
@@ -395,6 +396,14 @@ def main() -> None:
     lats: dict[str, list[float]] = {s: [] for s in systems}
     failed: dict[str, str] = {}
     with PgCluster.start(durable=not args.fsync_off) as cluster:
+        # One untimed warm-up per system (a short throughput run): the
+        # cluster's caches, the children's imports, the first connections.
+        for system in systems:
+            try:
+                url = cluster.create_database(f"bench_{system}_warm_up")
+                throughput(system, url, min(args.jobs, 500), args.concurrency)
+            except Exception as exc:
+                failed[system] = f"{type(exc).__name__}: {exc}"
         for round_ in range(args.rounds):
             shift = round_ % len(systems)
             for system in systems[shift:] + systems[:shift]:
