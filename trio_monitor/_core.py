@@ -394,8 +394,11 @@ class SupervisedNursery:
     ) -> TaskState:
         """Start ``async_fn(*args)`` as a supervised task called ``name``.
 
-        The call to ``async_fn`` happens here (:func:`coroutine_or_error`),
-        so a non-async callable raises :class:`TypeError` at once. While
+        ``async_fn`` is checked here, so a non-async callable or arguments
+        that do not bind raise :class:`TypeError` at once: it is called here
+        (:func:`coroutine_or_error`), unless :func:`deferred_call` shows that
+        the call cannot fail, in which case the task makes it when it
+        starts. While
         the supervisor is :attr:`stopping`, the task is born aborted: it is
         listed until its first step, then ends without running or being
         reported, and a warning is logged.

@@ -146,9 +146,12 @@ class TaskMonitor:
 
     Get one from :func:`open_monitor`. Spawning is synchronous, like
     :meth:`trio.Nursery.start_soon`: the task starts at the next scheduling
-    point. Like ``start_soon``, every ``spawn_*`` method calls ``async_fn``
+    point. Like ``start_soon``, every ``spawn_*`` method checks ``async_fn``
     at once, so a coroutine object, a synchronous function or wrong
-    arguments raise :exc:`TypeError` in the spawning code. While the
+    arguments raise :exc:`TypeError` in the spawning code. (A plain ``async
+    def`` function whose arguments bind is called when its task starts: the
+    call cannot fail then, and no coroutine waits in memory meanwhile. Any
+    other callable is called at spawn, as ``start_soon`` does.) While the
     monitor's block is ending, a spawn is born aborted: the task never runs
     and is not reported, and a warning is logged (so that a task respawning
     itself in its ``finally`` cannot keep the block from exiting). After the
