@@ -313,15 +313,24 @@ class _Engine:
 
     # --- accepting jobs ---
 
-    def spawn(self, job: _Job) -> None:
+    def offer(self, job: _Job) -> bool:
+        """Accept ``job`` if the deque has room; False if it is full.
+
+        Raises RuntimeClosed (the job discarded) once the runtime is closed.
+        """
         if self._closed:
             _discard(job)
             raise RuntimeClosed()
         if len(self._pending) >= self._max_queue:
+            return False
+        self._accept(job)
+        return True
+
+    def spawn(self, job: _Job) -> None:
+        if not self.offer(job):
             self._rejected += 1
             _discard(job)
             raise QueueFull()
-        self._accept(job)
 
     def _accept(self, job: _Job) -> None:
         pending = self._pending
@@ -336,19 +345,13 @@ class _Engine:
                 self._supervisor.spawn(_WORKER_NAME, self.work, (), FINITE)
                 self._summoned += 1
 
-    async def spawn_wait(self, job: _Job) -> None:
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            _discard(job)
-            raise
-        if self._closed:
-            _discard(job)
-            raise RuntimeClosed()
-        if len(self._pending) < self._max_queue:
-            self._accept(job)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
+    async def wait_for_room(self, job: _Job) -> None:
+        """Queue up, job in hand, until a worker frees a slot for it.
+
+        The deque is full: a worker that pops a job moves ours into the slot
+        it freed and wakes us (accepted), or the runtime closes and wakes us
+        with RuntimeClosed. Cancelled while waiting: the job is not accepted.
+        """
         waiter = _Waiter(job, trio.lowlevel.current_task())
         waiters = self._waiters
         waiters.append(waiter)
@@ -358,8 +361,6 @@ class _Engine:
             _discard(job)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        # A worker moves our job into the deque and wakes us (accepted), or
-        # the runtime closes and wakes us with RuntimeClosed.
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     # --- running jobs ---
@@ -704,7 +705,19 @@ class RuntimeHandle:
           TypeError: As :meth:`spawn`, before any wait.
           RuntimeClosed: The runtime is closed, or closed while this waited.
         """
-        await self._engine.spawn_wait(_new_job(async_fn, args, name, request_id))
+        # The handle does the waiting itself: a coroutine layer less on the
+        # common path, which a producer resumes through for every job.
+        engine = self._engine
+        job = _new_job(async_fn, args, name, request_id)
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            _discard(job)
+            raise
+        if engine.offer(job):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            await engine.wait_for_room(job)
 
     def spawn_from_thread(
         self,
@@ -753,7 +766,7 @@ class RuntimeHandle:
         engine = self._engine
         try:
             trio.from_thread.run(
-                lambda: engine.spawn_wait(_new_job(async_fn, args, name, request_id)),
+                lambda: self.spawn_wait(async_fn, *args, name=name, request_id=request_id),
                 trio_token=engine.token,
             )
         except trio.RunFinishedError:
