@@ -247,6 +247,7 @@ class _Run:
         "delay",
         "failure",
         "first",
+        "pending",
         "pulse",
         "ready",
         "settled",
@@ -271,15 +272,25 @@ class _Run:
         self.failure: TaskFailure | None = None
         self.startup_error: BaseException | None = None
         self.state: TaskState | None = None
+        # The child's coroutine made by start() until the run's task takes it.
+        self.pending: AnyCoroutine | None = None
 
-    def arguments(self, supervisor: Supervisor) -> dict[str, object]:
+    def close_pending(self) -> None:
+        """Close a coroutine the run's task will never take (stopped before its first step)."""
+        if self.pending is not None:
+            self.pending.close()
+            self.pending = None
+
+    def coroutine(self, supervisor: Supervisor) -> AnyCoroutine:
+        """Call the child's function for this run (see :func:`coroutine_or_error`)."""
         child = self.child
         kwargs: dict[str, object] = {}
         if child.wants_status:
             kwargs["task_status"] = _Readiness(supervisor, self)
         if child.wants_shutdown:
             kwargs["shutdown"] = self.token
-        return kwargs
+        fn = functools.partial(child.fn, **kwargs) if kwargs else child.fn
+        return coroutine_or_error(fn, child.args)
 
 
 class _Readiness(trio.TaskStatus[Any]):
@@ -478,7 +489,7 @@ class Supervisor:
             )
         child = _Child(name, async_fn, args, restart, shutdown, liveness)
         run = _Run(child, first=True)
-        coro = coroutine_or_error(functools.partial(async_fn, **run.arguments(self)), args)
+        coro = run.coroutine(self)
         self._children[name] = child
         self._spawn(run, coro)
         try:
@@ -539,19 +550,19 @@ class Supervisor:
         child = run.child
         child.run = run
         child.status = "backing_off" if run.delay > 0 else "starting"
-        run.state = self._core.spawn(child.name, self._run_child, (run, coro), child.policy, run)
+        run.pending = coro
+        run.state = self._core.spawn(child.name, self._run_child, (run,), child.policy, run)
 
-    async def _run_child(self, run: _Run, coro: AnyCoroutine | None) -> None:
+    async def _run_child(self, run: _Run) -> None:
         """The body of one run: backoff, readiness, heartbeat; then the child's code."""
         child = run.child
+        coro, run.pending = run.pending, None
         if coro is None:
             if run.delay > 0:
                 await trio.sleep(run.delay)
                 child.status = "starting"
             # Made here, not at spawn: a restart whose call raises is a failure.
-            coro = coroutine_or_error(
-                functools.partial(child.fn, **run.arguments(self)), child.args
-            )
+            coro = run.coroutine(self)
         child.started_clock = trio.current_time()
         child.started_at = datetime.now(UTC)
         if child.liveness_timeout is not None:
@@ -600,6 +611,7 @@ class Supervisor:
         child = run.child
         if run.state is not None:
             run.state.abort()
+        run.close_pending()
         if self._children.get(child.name) is child:
             del self._children[child.name]
 
@@ -620,6 +632,7 @@ class Supervisor:
                 await state.wait()
         state.abort()
         await state.wait()
+        run.close_pending()
 
     # --- failures and restarts ---
 
