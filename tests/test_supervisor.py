@@ -305,18 +305,22 @@ async def test_temporary_child_is_never_restarted(
         assert [c.status for c in sup.children()] == ["stopped"]
 
 
-async def test_temporary_bystander_is_not_restarted_by_one_for_all(
+async def test_temporary_bystander_is_stopped_for_good_by_a_group_restart(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     # OTP temporary_bystander: a temporary child stopped by a sibling's
-    # restart... is restarted with the group under ONE_FOR_ALL only while it
-    # is kept; once it ended it stays ended.
+    # group restart is not started again (it never is); permanent ones are.
     log = Log()
     async with tm.open_supervisor(strategy=tm.Strategy.ONE_FOR_ALL, backoff=NO_BACKOFF) as sup:
-        await sup.start("temp", child(log, "temp", returns_after=1), restart=tm.Restart.TEMPORARY)
-        await sup.start("perm", child(log, "perm", fails_after=2))
+        failures = sup.subscribe()
+        await sup.start("temp", child(log, "temp"), restart=tm.Restart.TEMPORARY)
+        await sup.start("perm", child(log, "perm", fails_after=2, failing_runs=1))
+        await sup.start("other", child(log, "other"))
         await trio.sleep(2.5)
-        assert log.of("start") == ["temp", "perm", "perm"]
+        assert log.of("start") == ["temp", "perm", "other", "perm", "other"]
+        assert log.of("cancelled") == ["other", "temp"]
+        assert [c.status for c in sup.children()] == ["stopped", "running", "running"]
+        assert names(drain_nowait(failures)) == ["perm"]
 
 
 # --- strategies ---

@@ -184,6 +184,7 @@ class _Child:
         "args",
         "consecutive",
         "fn",
+        "kept",
         "last_failure",
         "liveness_timeout",
         "name",
@@ -231,6 +232,8 @@ class _Child:
         self.started_at: datetime | None = None
         self.last_failure: TaskFailure | None = None
         self.owner: _Job | None = None
+        # Its first run got ready (start() returned): strategies handle it.
+        self.kept = False
         # Ended for good (stop(), a transient child returning...): no
         # strategy restarts it; only ChildHandle.restart() does.
         self.retired = False
@@ -243,6 +246,7 @@ class _Run:
     """One run of a child, from its spawn to its end."""
 
     __slots__ = (
+        "began",
         "child",
         "delay",
         "failure",
@@ -253,6 +257,7 @@ class _Run:
         "settled",
         "startup_error",
         "state",
+        "stop_deadline",
         "token",
         "watch_scope",
     )
@@ -267,6 +272,10 @@ class _Run:
         self.pulse: Pulse | None = None
         self.watch_scope: trio.CancelScope | None = None
         self.ready = False
+        # The child's own code has started (its backoff, if any, is over).
+        self.began = False
+        # When a stop of this run cancels it (Trio time), once one began.
+        self.stop_deadline: float | None = None
         # Set once the run is ready or has ended, whichever comes first.
         self.settled = trio.Event()
         self.failure: TaskFailure | None = None
@@ -563,6 +572,7 @@ class Supervisor:
                 child.status = "starting"
             # Made here, not at spawn: a restart whose call raises is a failure.
             coro = run.coroutine(self)
+        run.began = True
         child.started_clock = trio.current_time()
         child.started_at = datetime.now(UTC)
         if child.liveness_timeout is not None:
@@ -600,6 +610,7 @@ class Supervisor:
     def _mark_ready(self, run: _Run, value: object) -> None:
         run.ready = True
         child = run.child
+        child.kept = True
         if child.run is run:
             child.value = value
             if child.status == "starting":
@@ -626,9 +637,16 @@ class Supervisor:
         # cancel yet).
         state.aborted = True
         child.status = "stopping"
-        if child.wants_shutdown and child.shutdown_timeout > 0:
-            run.token.set()
-            with trio.move_on_after(child.shutdown_timeout):
+        if run.stop_deadline is None:
+            # The grace period starts once, at the first request: a stop
+            # taken over (a restart job cancelled by the block's end) keeps
+            # its deadline.
+            graceful = child.wants_shutdown and run.began
+            run.stop_deadline = trio.current_time() + (child.shutdown_timeout if graceful else 0.0)
+            if graceful:
+                run.token.set()
+        if run.stop_deadline > trio.current_time():
+            with trio.move_on_at(run.stop_deadline):
                 await state.wait()
         state.abort()
         await state.wait()
@@ -684,10 +702,11 @@ class Supervisor:
             child.restarts += 1
             self._spawn(_Run(child, delay=delay))
             return
-        children = [c for c in self._children.values() if not c.retired and c.run is not None]
+        # A child still in its first start belongs to its start() call.
+        children = [c for c in self._children.values() if c.kept and not c.retired]
         if self._strategy is Strategy.REST_FOR_ONE:
             children = children[children.index(child) :]
-        self._start_job(children, delay)
+        self._start_job(children, delay, by_hand=False)
 
     @staticmethod
     def _restarts_after(child: _Child, failure: TaskFailure) -> bool:
@@ -709,27 +728,43 @@ class Supervisor:
         if self._body_scope is not None:
             self._body_scope.cancel()
 
-    def _start_job(self, children: list[_Child], delay: float) -> _Job:
+    def _start_job(self, children: list[_Child], delay: float, *, by_hand: bool) -> _Job:
         job = _Job()
         for child in children:
             child.owner = job
         scope = trio.CancelScope()
         self._jobs.add(scope)
-        self._core.nursery.start_soon(self._run_job, job, children, delay, scope)
+        self._core.nursery.start_soon(self._run_job, job, children, delay, by_hand, scope)
         return job
 
     async def _run_job(
-        self, job: _Job, children: list[_Child], delay: float, scope: trio.CancelScope
+        self,
+        job: _Job,
+        children: list[_Child],
+        delay: float,
+        by_hand: bool,
+        scope: trio.CancelScope,
     ) -> None:
-        """Stop ``children`` (reverse order), wait ``delay``, start them again (in order)."""
+        """Stop ``children`` (reverse order), wait ``delay``, start them again (in order).
+
+        A temporary child stopped by a strategy is not started again (as in
+        OTP): it ends for good. One restarted by hand is.
+        """
         try:
             with scope:
                 async with self._serial:
                     for child in reversed(children):
-                        if child.owner is job:
-                            await self._stop_run(child)
-                            if child.owner is job:
-                                child.status = "backing_off"
+                        if child.owner is not job:
+                            continue
+                        await self._stop_run(child)
+                        if child.owner is not job:
+                            continue
+                        if child.restart is Restart.TEMPORARY and not by_hand:
+                            child.owner = None
+                            child.retired = True
+                            child.status = "stopped"
+                        else:
+                            child.status = "backing_off"
                 await trio.sleep(delay)
                 async with self._serial:
                     for child in children:
@@ -748,7 +783,7 @@ class Supervisor:
     async def _restart_by_hand(self, child: _Child) -> None:
         self._check_open(f"restart child {child.name!r}")
         child.retired = False
-        job = self._start_job([child], 0.0)
+        job = self._start_job([child], 0.0, by_hand=True)
         await job.done.wait()
         run = job.runs[0] if job.runs else None
         if run is None:
@@ -783,7 +818,13 @@ class Supervisor:
         self._closing = True
         for scope in self._jobs:
             scope.cancel()
-        for child in reversed(list(self._children.values())):
+        children = list(self._children.values())
+        # Stops already under way (a restart job's, now cancelled) end first,
+        # so that children still stop one at a time.
+        for child in children:
+            if child.status == "stopping":
+                await self._stop_run(child)
+        for child in reversed(children):
             child.owner = None
             await self._stop_run(child)
             child.status = "stopped"
