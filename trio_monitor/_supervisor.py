@@ -238,6 +238,12 @@ class _Child:
         # strategy restarts it; only ChildHandle.restart() does.
         self.retired = False
 
+    def retire(self) -> None:
+        """End for good: no pending restart starts it again."""
+        self.owner = None
+        self.retired = True
+        self.status = "stopped"
+
     def info(self) -> ChildInfo:
         return ChildInfo(self.name, self.status, self.restarts, self.started_at, self.last_failure)
 
@@ -570,6 +576,11 @@ class Supervisor:
             if run.delay > 0:
                 await trio.sleep(run.delay)
                 child.status = "starting"
+            if run.state is not None and (run.state.aborted or self._closing):
+                # Stopped before it began (or the supervisor is stopping):
+                # on purpose, and the child's code never runs.
+                run.state.aborted = True
+                return
             # Made here, not at spawn: a restart whose call raises is a failure.
             coro = run.coroutine(self)
         run.began = True
@@ -584,14 +595,16 @@ class Supervisor:
             self._mark_ready(run, None)
         try:
             await coro
+            state = run.state
+            if state is None or state.aborted or state.verdict is not None:
+                return  # stopped on purpose, or hung: whoever ended it decides
             if not run.ready:
                 if run.first:
                     run.startup_error = _startup_error(child, EarlyTermination())
-            elif child.restart is not Restart.PERMANENT and child.run is run:
+            elif child.restart is not Restart.PERMANENT:
                 # A transient or temporary child that returned: done for good.
                 # (A permanent one is an EarlyTermination: see _on_failure.)
-                child.retired = True
-                child.status = "stopped"
+                child.retire()
         finally:
             if run.watch_scope is not None:
                 run.watch_scope.cancel()
@@ -672,8 +685,7 @@ class Supervisor:
         if child.run is not run:  # pragma: no cover - a run ends once, and only the last fails
             return
         if self._closing or not self._restarts_after(child, failure):
-            child.retired = True
-            child.status = "stopped"
+            child.retire()
             return
         now = trio.current_time()
         window = self._window
@@ -706,6 +718,12 @@ class Supervisor:
         children = [c for c in self._children.values() if c.kept and not c.retired]
         if self._strategy is Strategy.REST_FOR_ONE:
             children = children[children.index(child) :]
+        # Restarts still pending for some of these children are merged into
+        # this one, so that one operation restarts them all, in start order.
+        pending = {c.owner for c in children if c.owner is not None}
+        if pending:
+            chosen = set(children)
+            children = [c for c in self._children.values() if c in chosen or c.owner in pending]
         self._start_job(children, delay, by_hand=False)
 
     @staticmethod
@@ -760,9 +778,7 @@ class Supervisor:
                         if child.owner is not job:
                             continue
                         if child.restart is Restart.TEMPORARY and not by_hand:
-                            child.owner = None
-                            child.retired = True
-                            child.status = "stopped"
+                            child.retire()
                         else:
                             child.status = "backing_off"
                 await trio.sleep(delay)
