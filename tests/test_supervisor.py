@@ -1164,6 +1164,13 @@ async def test_open_supervisor_refuses_bad_arguments(
             pass  # pragma: no cover
 
 
+@pytest.mark.parametrize("attempt", [1, 2, 1_100, 10**6])
+def test_a_zero_backoff_stays_zero_however_many_restarts(attempt: int) -> None:
+    # 2.0 ** 1024 overflows: that must not turn "no backoff" into the cap.
+    assert tm.Backoff(initial=0, jitter=0.5).delay(attempt) == 0
+    assert tm.Backoff(initial=1, max=30, jitter=0).delay(attempt) == min(30, 2 ** (attempt - 1))
+
+
 def test_backoff_refuses_negative_values() -> None:
     with pytest.raises(ValueError, match="initial"):
         tm.Backoff(initial=-1)

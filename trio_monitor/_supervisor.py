@@ -274,7 +274,8 @@ class _Run:
         self.delay = delay
         # The run of Supervisor.start(): failing before ready raises there.
         self.first = first
-        self.token = ShutdownToken()
+        # Only a child with a ``shutdown`` parameter gets (and needs) one.
+        self.token = ShutdownToken() if child.wants_shutdown else None
         self.pulse: Pulse | None = None
         self.watch_scope: trio.CancelScope | None = None
         self.ready = False
@@ -654,9 +655,10 @@ class Supervisor:
             # The grace period starts once, at the first request: a stop
             # taken over (a restart job cancelled by the block's end) keeps
             # its deadline.
-            graceful = child.wants_shutdown and run.began
+            graceful = run.token is not None and run.began
             run.stop_deadline = trio.current_time() + (child.shutdown_timeout if graceful else 0.0)
             if graceful:
+                assert run.token is not None
                 run.token.set()
         if run.stop_deadline > trio.current_time():
             with trio.move_on_at(run.stop_deadline):
@@ -701,13 +703,14 @@ class Supervisor:
             child.consecutive = 0
         child.consecutive += 1
         delay = self._backoff.delay(child.consecutive)
-        logger.info(
-            "child %r failed (%s): restart %d in %.3gs",
-            child.name,
-            describe_reason(failure.reason),
-            child.consecutive,
-            delay,
-        )
+        if logger.isEnabledFor(logging.INFO):  # describing the failure has a cost
+            logger.info(
+                "child %r failed (%s): restart %d in %.3gs",
+                child.name,
+                describe_reason(failure.reason),
+                child.consecutive,
+                delay,
+            )
         if self._strategy is Strategy.ONE_FOR_ONE:
             # Its own task sleeps the backoff: nobody else waits for it.
             child.owner = None
