@@ -1139,6 +1139,24 @@ async def test_an_unprintable_failure_is_reported_readably(
         assert failure.reason.message == "<unprintable UnprintableError>"
 
 
+async def test_a_panic_traceback_starts_at_the_childs_own_code(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def crashes() -> None:
+        await trio.sleep(1)
+        raise ValueError("own code")
+
+    async with tm.open_supervisor(backoff=NO_BACKOFF) as sup:
+        failures = sup.subscribe()
+        await sup.start("c", crashes)
+        reason = (await failures.receive()).reason
+        assert isinstance(reason, tm.Panic)
+        assert reason.traceback is not None
+        assert "in crashes" in reason.traceback
+        assert "trio_monitor" not in reason.traceback
+        assert reason.traceback.endswith("ValueError: own code\n")
+
+
 # --- invalid arguments ---
 
 

@@ -594,10 +594,23 @@ class Supervisor:
         bind(run.pulse)
         if not child.wants_status:
             self._mark_ready(run, None)
+        state = run.state
+        assert state is not None
         try:
-            await coro
-            state = run.state
-            if state is None or state.aborted or state.verdict is not None:
+            try:
+                await coro
+            except Exception as exc:
+                if not state.aborted and state.verdict is None:
+                    # Classified here rather than by the core's capture, so
+                    # that the report's traceback starts at the child's own
+                    # code: this frame (and capture's) are the library's.
+                    # The core still decides whether it is reported at all
+                    # (never once stopped on purpose).
+                    if exc.__traceback__ is not None:
+                        exc.__traceback__ = exc.__traceback__.tb_next
+                    state.verdict = child.policy.classify(False, exc)
+                return
+            if state.aborted or state.verdict is not None:
                 return  # stopped on purpose, or hung: whoever ended it decides
             if not run.ready:
                 if run.first:
