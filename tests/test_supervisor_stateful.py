@@ -198,7 +198,7 @@ class SupervisorMachine(HostedMachine):
         channel.close()
         assert self.sup.statistics().subscribers == 1 + len(self.extra)
 
-    @precondition(lambda self: self.ready and not self.stopped)
+    @precondition(lambda self: self.active())
     @rule(how=st.sampled_from(["exit", "raise", "outer"]))
     def stop(self, how: str) -> None:
         self.host.call(self._stop, how)
