@@ -1,0 +1,100 @@
+"""The storage every command talks to: ``--storage URL`` or ``TRIO_MONITOR_STORAGE``.
+
+The option is accepted both before and after the command name
+(``trio-monitor --storage URL jobs`` and ``trio-monitor jobs --storage URL``);
+the one after the command name wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from trio_monitor import jobs
+
+from ._errors import BadUsage
+
+__all__ = ["ENV_VAR", "open_cli_storage", "redact", "storage_option", "storage_url"]
+
+ENV_VAR = "TRIO_MONITOR_STORAGE"
+_KEY = "storage_url"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # The innermost option given wins, and any option given beats the
+    # environment (which both the group and the command read).
+    if value is None:
+        return value
+    from_env = ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.ENVIRONMENT
+    if not (from_env and _KEY in ctx.meta):
+        ctx.meta[_KEY] = value
+    return value
+
+
+def storage_option(fn: F) -> F:
+    """Decorator: add ``--storage URL`` (also read from ``TRIO_MONITOR_STORAGE``)."""
+    option = click.option(
+        "--storage",
+        metavar="URL",
+        envvar=ENV_VAR,
+        expose_value=False,
+        callback=_remember,
+        is_eager=True,
+        help=(
+            "Job storage: sqlite:///path.db, sqlite:////abs/path.db or "
+            f"postgresql://user@host:port/db [env: {ENV_VAR}]."
+        ),
+    )
+    return option(fn)
+
+
+def storage_url() -> str:
+    """The storage URL given on the command line or in the environment.
+
+    Raises:
+      BadUsage: none was given.
+    """
+    url = click.get_current_context().meta.get(_KEY)
+    if not url:
+        raise BadUsage(f"no storage given: pass --storage URL or set {ENV_VAR}")
+    return str(url)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for logs and errors."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextlib.asynccontextmanager
+async def open_cli_storage(url: str) -> AsyncIterator[jobs.Storage]:
+    """:func:`jobs.open_storage`, with a failure to open it turned into :class:`BadUsage`.
+
+    Only opening is translated: an error raised by the body of the block
+    propagates unchanged.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            storage = await stack.enter_async_context(jobs.open_storage(url))
+        except ImportError as exc:
+            raise BadUsage(
+                f"storage {redact(url)!r} needs an extra that is not installed ({exc}); "
+                "for PostgreSQL: pip install 'trio-monitor[postgres]'"
+            ) from None
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadUsage(f"cannot open storage {redact(url)!r}: {reason}") from None
+        yield storage
