@@ -58,10 +58,24 @@ def print_json(data: object) -> None:
 
 
 def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """Print an aligned table on stdout (plain text when stdout is not a terminal)."""
+    """Print an aligned table on stdout.
+
+    On a terminal: a boxed table that fits its width. Otherwise (a pipe, a
+    file): plain columns separated by spaces, never folded, with no
+    trailing blanks, for ``grep``, ``awk`` and ``cut``.
+    """
     table = Table(title=title, title_justify="left", header_style="bold")
     for name in header:
         table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    if console.is_terminal:
+        console.print(table)
+        return
+    table.box = None
+    table.pad_edge = False
+    wide = Console(highlight=False, width=100_000, no_color=True)
+    with wide.capture() as captured:
+        wide.print(table)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
