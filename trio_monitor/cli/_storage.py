@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from trio_monitor import jobs
+from trio_monitor._failures import describe_exception
 
 from ._errors import BadUsage
 
@@ -79,6 +80,17 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _reason(exc: Exception, url: str) -> str:
+    """The first line of ``exc``'s message, without the URL's password."""
+    text = describe_exception(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return reason.replace(password, "***") if password else reason
+
+
 @contextlib.asynccontextmanager
 async def open_cli_storage(url: str) -> AsyncIterator[jobs.Storage]:
     """:func:`jobs.open_storage`, with a failure to open it turned into :class:`BadUsage`.
@@ -95,6 +107,5 @@ async def open_cli_storage(url: str) -> AsyncIterator[jobs.Storage]:
                 "for PostgreSQL: pip install 'trio-monitor[postgres]'"
             ) from None
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadUsage(f"cannot open storage {redact(url)!r}: {reason}") from None
+            raise BadUsage(f"cannot open storage {redact(url)!r}: {_reason(exc, url)}") from None
         yield storage
