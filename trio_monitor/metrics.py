@@ -36,7 +36,15 @@ import attrs
 import trio
 
 try:
-    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+    from prometheus_client import (
+        REGISTRY,
+        CollectorRegistry,
+        Counter,
+        GCCollector,
+        Histogram,
+        ProcessCollector,
+        start_http_server,
+    )
     from prometheus_client.core import GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -47,9 +55,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import jobs
 
 __all__ = [
+    "CollectorRegistry",
     "CountsSource",
+    "GCCollector",
     "JobCountsCollector",
     "JobMetrics",
+    "ProcessCollector",
     "StatisticsCollector",
     "serve_metrics",
     "storage_counts",

@@ -148,6 +148,7 @@ async def _serve_metrics(
     storage: jobs.Storage,
     registry: CollectorRegistry,
     port: int,
+    refresh: float,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -160,7 +161,7 @@ async def _serve_metrics(
         except OSError as exc:
             raise Failed(f"cannot serve metrics on port {port}: {exc}") from None
         logger.info("serving metrics on http://0.0.0.0:%d/metrics", bound)
-        await counts.run(task_status=task_status)
+        await counts.run(refresh, task_status=task_status)
 
 
 async def _serve(
@@ -168,6 +169,7 @@ async def _serve(
     workers: jobs.WorkerRegistry,
     config: jobs.ServerConfig,
     metrics_port: int | None,
+    metrics_refresh: float,
 ) -> None:
     async with open_cli_storage(url) as storage:
         hooks: list[StateChangeHook] = [log_job]
@@ -177,6 +179,8 @@ async def _serve(
             from trio_monitor import metrics
 
             registry = metrics.CollectorRegistry()
+            metrics.ProcessCollector(registry=registry)
+            metrics.GCCollector(registry=registry)
             job_metrics = metrics.JobMetrics(registry)
             middleware.append(job_metrics.middleware)
             hooks.append(job_metrics.on_state_change)
@@ -186,7 +190,9 @@ async def _serve(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 if registry is not None:
-                    await nursery.start(_serve_metrics, storage, registry, metrics_port or 0)
+                    await nursery.start(
+                        _serve_metrics, storage, registry, metrics_port or 0, metrics_refresh
+                    )
                 await nursery.start(_run_then_cancel, server, nursery.cancel_scope)
                 logger.info(
                     "worker %s started: %d job(s) at once from %s, storage %s, methods %s",
@@ -244,6 +250,13 @@ async def _serve(
     help="Serve Prometheus metrics on this port (needs the metrics extra).",
 )
 @click.option(
+    "--metrics-refresh",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds between readings of the job counts from the database.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
@@ -259,6 +272,7 @@ def worker(
     shutdown_timeout: float,
     polling_interval: float,
     metrics_port: int | None,
+    metrics_refresh: float,
     log_format: str,
 ) -> None:
     """Run a job server for APP until SIGINT or SIGTERM.
@@ -287,4 +301,4 @@ def worker(
         shutdown_timeout=shutdown_timeout,
         enable_heartbeat=True,
     )
-    run_async(partial(_serve, url, workers, config, metrics_port))
+    run_async(partial(_serve, url, workers, config, metrics_port, metrics_refresh))
