@@ -128,7 +128,7 @@ def _storage_url(db: str) -> str:
     return f"sqlite:///{path}"  # sqlite:////absolute/path.db
 
 
-async def _run(url: str) -> list[jobs.Job]:
+async def _run(url: str, cron_window: float) -> list[jobs.Job]:
     config = jobs.ServerConfig(
         server_name="demo",
         worker_count=3,
@@ -154,7 +154,7 @@ async def _run(url: str) -> list[jobs.Job]:
                 await server.enqueue("send_reminder", {"to": "ada@example.org"}, delay=4.0)
                 await server.schedule_recurring("tick", CRON, "tick", {})
                 nursery.start_soon(_draw, progress, task, outcomes, storage)
-                await trio.sleep(CRON_WINDOW)
+                await trio.sleep(cron_window)
                 await server.remove_recurring("tick")
                 # Wait until every job has reached Succeeded or Failed.
                 while True:
@@ -191,7 +191,14 @@ def _summary(rows: Sequence[jobs.Job]) -> None:
     show_default=True,
     help="SQLite file to use, recreated on each run.",
 )
-def demo(db: str) -> None:
+@click.option(
+    "--cron-window",
+    type=click.FloatRange(min=0),
+    default=CRON_WINDOW,
+    show_default=True,
+    help="Seconds the cron job stays scheduled (the demo lasts about 2 s longer).",
+)
+def demo(db: str, cron_window: float) -> None:
     """Run a persistent job server on a SQLite file for ~12 seconds."""
     # Failed attempts are expected here: the summary shows them, so keep the
     # server's warnings (with tracebacks) off the terminal.
@@ -201,8 +208,8 @@ def demo(db: str) -> None:
     click.echo(
         "  jobs: two image resizes, an upload that fails twice then succeeds, a report that\n"
         "  exhausts its retries, a reminder delayed by 4s, and a cron job every 2s "
-        f"({CRON!r}) for {CRON_WINDOW:g}s"
+        f"({CRON!r}) for {cron_window:g}s"
     )
-    rows = trio.run(partial(_run, url))
+    rows = trio.run(partial(_run, url, cron_window))
     _summary(rows)
     click.echo("done: every job finished; the server stopped and its storage is closed")
