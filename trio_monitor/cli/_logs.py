@@ -40,7 +40,15 @@ class JSONFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in entry:
                 entry[key] = value
-        return json.dumps(entry, default=repr)
+        return json.dumps(entry, default=_safe_repr)
+
+
+def _safe_repr(value: object) -> str:
+    """``repr(value)`` for JSON, or a stand-in when that raises: a log line never fails."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> logging.Handler:

@@ -15,13 +15,17 @@ Needs the ``otel`` extra (``pip install 'trio-monitor[otel]'``, which brings
 The span is named ``job <method>``, of kind ``CONSUMER``, with the job's id,
 method, queue and attempt as attributes. A run that raises records the
 exception and an ``ERROR`` status; a run cancelled by a stop or a timeout
-ends with the attribute ``trio_monitor.job.cancelled`` and no error status,
-since an intentional stop is not a failure.
+(a stop, a timeout) ends with the attribute ``trio_monitor.job.cancelled``
+and no error status, even if its cleanup code raised while being cancelled:
+an intentional stop is not a failure of the job.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
+
+import trio
 
 try:
     from opentelemetry import propagate, trace
@@ -38,6 +42,8 @@ from ._workers import WorkerContext
 __all__ = ["TracingMiddleware", "inject_headers", "job_headers"]
 
 TRACER_NAME = "trio_monitor.jobs"
+#: Span attribute set on runs ended by a cancellation (stop, timeout, abort).
+CANCELLED = "trio_monitor.job.cancelled"
 
 
 def inject_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -99,9 +105,20 @@ class TracingMiddleware:
             try:
                 return await call_next()
             except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, describe_exception(exc)))
+                if _being_cancelled():
+                    # Raised by cleanup code while the run was cancelled (a
+                    # stop, a timeout, an abort): the cancellation is what
+                    # happened, not a failure of the job.
+                    span.set_attribute(CANCELLED, True)
+                else:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, describe_exception(exc)))
                 raise
             except BaseException:
-                span.set_attribute("trio_monitor.job.cancelled", True)
+                span.set_attribute(CANCELLED, True)
                 raise
+
+
+def _being_cancelled() -> bool:
+    # Trio's documented way to ask: a cancelled task's effective deadline is -inf.
+    return trio.current_effective_deadline() == -math.inf
