@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import urllib.request
 from collections.abc import Mapping
@@ -62,19 +61,33 @@ async def test_job_metrics_time_runs_and_count_outcomes(autojump_clock: object) 
             await trio.sleep(1)
             await server.stop()  # shutdown_timeout 0: the hanging job is requeued
 
-    assert _sample(registry, "trio_monitor_jobs_processed_total", method="add", outcome="succeeded") == 1
-    assert _sample(registry, "trio_monitor_jobs_processed_total", method="fail", outcome="retried") == 1
-    assert _sample(registry, "trio_monitor_jobs_processed_total", method="fail", outcome="failed") == 1
-    assert _sample(registry, "trio_monitor_jobs_processed_total", method="hang", outcome="requeued") == 1
+    assert (
+        _sample(registry, "trio_monitor_jobs_processed_total", method="add", outcome="succeeded")
+        == 1
+    )
+    assert (
+        _sample(registry, "trio_monitor_jobs_processed_total", method="fail", outcome="retried")
+        == 1
+    )
+    assert (
+        _sample(registry, "trio_monitor_jobs_processed_total", method="fail", outcome="failed") == 1
+    )
+    assert (
+        _sample(registry, "trio_monitor_jobs_processed_total", method="hang", outcome="requeued")
+        == 1
+    )
     assert _sample(registry, "trio_monitor_job_duration_seconds_count", method="add") == 1
-    assert _sample(registry, "trio_monitor_job_duration_seconds_sum", method="add") == pytest.approx(0.5)
+    assert _sample(
+        registry, "trio_monitor_job_duration_seconds_sum", method="add"
+    ) == pytest.approx(0.5)
     # every run is timed, failed and cancelled ones too
     assert _sample(registry, "trio_monitor_job_duration_seconds_count", method="fail") == 2
     assert _sample(registry, "trio_monitor_job_duration_seconds_count", method="hang") == 1
     # latency: first attempts only
     assert _sample(registry, "trio_monitor_job_start_latency_seconds_count", method="fail") == 1
     latency = _sample(registry, "trio_monitor_job_start_latency_seconds_sum", method="add")
-    assert latency is not None and 0 <= latency < 0.5
+    assert latency is not None
+    assert 0 <= latency < 0.5
 
 
 _STATES: list[jobs.JobState] = [
@@ -89,7 +102,9 @@ _STATES: list[jobs.JobState] = [
 
 
 @given(st.lists(st.tuples(st.sampled_from(_STATES), st.sampled_from(_STATES)), max_size=40))
-def test_only_the_end_of_a_run_is_counted(changes: list[tuple[jobs.JobState, jobs.JobState]]) -> None:
+def test_only_the_end_of_a_run_is_counted(
+    changes: list[tuple[jobs.JobState, jobs.JobState]],
+) -> None:
     registry = CollectorRegistry()
     job_metrics = metrics.JobMetrics(registry)
     job = jobs.Job.new("m", None)
@@ -173,7 +188,11 @@ async def test_counts_interval_is_checked(interval: object) -> None:
 
 async def test_statistics_of_the_components() -> None:
     registry = CollectorRegistry()
-    async with tm.open_monitor() as monitor, tm.open_runtime() as runtime, tm.open_registry() as tasks:
+    async with (
+        tm.open_monitor() as monitor,
+        tm.open_runtime() as runtime,
+        tm.open_registry() as tasks,
+    ):
         looping = monitor.spawn_infinite("loop", trio.sleep_forever)
         subscription = monitor.subscribe()
         service = tasks.spawn("service", tm.TaskKind.BACKGROUND_LOOP, trio.sleep_forever)

@@ -29,8 +29,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, Protocol, cast
 
 import attrs
 import trio
@@ -295,11 +295,12 @@ class StatisticsCollector(Collector):
         self.component = component
 
     def collect(self) -> Iterator[Metric]:
-        snapshot: Any = self._read()
+        snapshot = self._read()
+        fields: Mapping[Any, object]
         if isinstance(snapshot, Mapping):
-            fields: Mapping[Any, Any] = snapshot
+            fields = cast("Mapping[Any, object]", snapshot)
         elif attrs.has(type(snapshot)):
-            fields = attrs.asdict(snapshot, recurse=False)
+            fields = attrs.asdict(cast("attrs.AttrsInstance", snapshot), recurse=False)
         else:
             raise TypeError(
                 f"{self.component} statistics must be an attrs record or a mapping, "
@@ -317,7 +318,7 @@ class StatisticsCollector(Collector):
 @contextlib.asynccontextmanager
 async def serve_metrics(
     port: int, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY
-) -> AsyncIterator[int]:
+) -> AsyncGenerator[int, None]:
     """Serve ``registry`` at ``http://host:port/metrics`` for the duration of the block.
 
     prometheus_client's HTTP server runs in a daemon thread (scrapes never

@@ -25,7 +25,9 @@ def command_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the command with ``args``; return the finished process (never raises on status)."""
     return subprocess.run(
         [sys.executable, "-m", "trio_monitor", *args],

@@ -53,7 +53,15 @@ def test_a_worker_process_runs_jobs_and_listings_show_them(cli: Cli) -> None:
 
 def test_enqueue_options_are_stored(cli: Cli) -> None:
     job_id = cli.ok(
-        "enqueue", "add", '{"a": 1, "b": 1}', "--queue", "reports", "--priority", "7", "--delay", "3600"
+        "enqueue",
+        "add",
+        '{"a": 1, "b": 1}',
+        "--queue",
+        "reports",
+        "--priority",
+        "7",
+        "--delay",
+        "3600",
     ).strip()
     job = cli.job(job_id)
     assert (job["queue"], job["priority"], job["state"]) == ("reports", 7, "scheduled")
@@ -78,7 +86,9 @@ def test_delete_and_not_found(cli: Cli) -> None:
 def test_recurring_lists_the_templates(cli: Cli) -> None:
     async def schedule() -> None:
         async with jobs.open_storage(cli.url) as storage:
-            server = jobs.JobServer(jobs.ServerConfig(worker_count=0), storage, jobs.WorkerRegistry())
+            server = jobs.JobServer(
+                jobs.ServerConfig(worker_count=0), storage, jobs.WorkerRegistry()
+            )
             await server.schedule_recurring("digest", "0 0 8 * * *", "add", {"a": 1, "b": 2})
 
     assert cli.json("recurring") == []

@@ -30,16 +30,24 @@ def _usage_error(done_stderr: str) -> None:
         pytest.param(["worker", "nocolon"], "module:attribute", id="app-spec"),
         pytest.param(["worker", "no_such_module_xyz:workers"], "cannot import", id="app-module"),
         pytest.param(["worker", "tests.cli.app:missing"], "no attribute", id="app-attribute"),
-        pytest.param(["worker", "tests.cli.app:not_a_registry"], "not a trio_monitor", id="app-type"),
+        pytest.param(
+            ["worker", "tests.cli.app:not_a_registry"], "not a trio_monitor", id="app-type"
+        ),
         pytest.param(["enqueue", "add", "--", "-1"], None, id="negative-number-ok"),
-        pytest.param(["enqueue", "add", "--priority", "x"], "'x' is not a valid integer", id="type"),
+        pytest.param(
+            ["enqueue", "add", "--priority", "x"], "'x' is not a valid integer", id="type"
+        ),
         pytest.param(["enqueue", "add", "{"], "not valid JSON", id="json"),
         pytest.param(["enqueue", "add", "--delay", "-1"], "-1", id="negative-delay"),
         pytest.param(["jobs", "--state", "sleeping"], "sleeping", id="state"),
         pytest.param(["jobs", "--bogus"], "No such option", id="option"),
         pytest.param(["frobnicate"], "No such command", id="command"),
-        pytest.param(["worker", "tests.cli.app:workers", "--metrics-port", "70000"], "70000", id="port"),
-        pytest.param(["worker", "tests.cli.app:workers", "--log-format", "xml"], "xml", id="log-format"),
+        pytest.param(
+            ["worker", "tests.cli.app:workers", "--metrics-port", "70000"], "70000", id="port"
+        ),
+        pytest.param(
+            ["worker", "tests.cli.app:workers", "--log-format", "xml"], "xml", id="log-format"
+        ),
     ],
 )
 def test_bad_input_exits_2_without_a_traceback(

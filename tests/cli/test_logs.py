@@ -14,7 +14,9 @@ from trio_monitor.cli._logs import JSONFormatter
 
 
 def _record(message: str, *args: object, **extra: object) -> logging.LogRecord:
-    record = logging.LogRecord("trio_monitor.worker", logging.INFO, __file__, 1, message, args, None)
+    record = logging.LogRecord(
+        "trio_monitor.worker", logging.INFO, __file__, 1, message, args, None
+    )
     record.__dict__.update(extra)
     return record
 

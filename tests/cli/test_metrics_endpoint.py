@@ -9,7 +9,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cli.runner import Cli, Worker
 
-
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -51,7 +51,9 @@ async def _run_jobs(
     config = jobs.ServerConfig(worker_count=3, shutdown_timeout=0.0)
     policy = jobs.RetryPolicy(max_attempts=1)
     async with jobs.open_storage("memory://") as storage:
-        server = jobs.JobServer(config, storage, workers, retry_policy=policy, middleware=[middleware])
+        server = jobs.JobServer(
+            config, storage, workers, retry_policy=policy, middleware=[middleware]
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             for method in methods:
@@ -80,7 +82,8 @@ async def test_one_span_per_run_with_outcome(
     assert ok.attributes["trio_monitor.job.method"] == "ok"
     assert ok.attributes["messaging.destination.name"] == "default"
     assert ok.attributes["trio_monitor.job.attempt"] == 1
-    assert ok.end_time is not None and ok.start_time is not None
+    assert ok.end_time is not None
+    assert ok.start_time is not None
     assert ok.end_time >= ok.start_time
     assert ok.parent is None  # no context captured: a new trace
 

@@ -43,7 +43,9 @@ for command in (worker, enqueue, list_jobs, job, delete, servers, recurring, dem
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False
+        )
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -8,7 +8,7 @@ exits 2 on usage errors (unknown options, missing arguments).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import click
 import trio
@@ -35,9 +35,13 @@ class BadUsage(click.ClickException):
 
 
 def _only_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
+    leaf: BaseException = error
+    while isinstance(leaf, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", leaf)
+        if len(group.exceptions) != 1:
+            return group
+        leaf = group.exceptions[0]
+    return leaf
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:

@@ -90,9 +90,7 @@ async def _enqueue(
 @click.argument("method")
 @click.argument("payload", metavar="[JSON]", required=False, callback=_payload)
 @click.option("--queue", default="default", show_default=True, help="Queue to put the job in.")
-@click.option(
-    "--priority", type=int, default=0, show_default=True, help="Higher runs first."
-)
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 @click.option(
     "--delay",
     type=click.FloatRange(min=0),
@@ -176,13 +174,12 @@ def job(job_id: str, as_json: bool) -> None:
     found = run_async(partial(_get, storage_url(), job_id))
     if found is None:
         raise Failed(f"no job with id {job_id!r}")
-    data = job_json(found)
     if as_json:
-        print_json(data)
+        print_json(job_json(found))
         return
-    state_data = data.pop("state_data")
-    assert isinstance(state_data, dict)
-    fields = {**data, **{f"state.{key}": value for key, value in state_data.items()}}
+    fields = record_json(found)
+    fields["state"] = found.state.name
+    fields.update({f"state.{key}": value for key, value in record_json(found.state).items()})
     print_table(
         f"job {found.id}",
         ("field", "value"),

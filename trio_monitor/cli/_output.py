@@ -26,9 +26,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def json_option(fn: F) -> F:
     """Decorator: add ``--json`` (print JSON instead of a table)."""
-    return click.option(
-        "--json", "as_json", is_flag=True, help="Print JSON instead of a table."
-    )(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        fn
+    )
 
 
 def _plain(value: object) -> object:
@@ -37,11 +37,9 @@ def _plain(value: object) -> object:
     return value
 
 
-def record_json(record: Any) -> dict[str, object]:
+def record_json(record: attrs.AttrsInstance) -> dict[str, object]:
     """An attrs record as a JSON-ready dict, by attribute name."""
-    return {
-        field.name: _plain(getattr(record, field.name)) for field in attrs.fields(type(record))
-    }
+    return {name: _plain(value) for name, value in attrs.asdict(record, recurse=False).items()}
 
 
 def job_json(job: jobs.Job) -> dict[str, object]:

@@ -8,7 +8,7 @@ the one after the command name wins.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -92,7 +92,7 @@ def _reason(exc: Exception, url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_cli_storage(url: str) -> AsyncIterator[jobs.Storage]:
+async def open_cli_storage(url: str) -> AsyncGenerator[jobs.Storage, None]:
     """:func:`jobs.open_storage`, with a failure to open it turned into :class:`BadUsage`.
 
     Only opening is translated: an error raised by the body of the block

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -92,7 +92,9 @@ def log_job(job: jobs.Job, old: jobs.JobState, new: jobs.JobState) -> None:
     if isinstance(new, jobs.Succeeded):
         logger.info("job %s (%s) succeeded in %.3fs", job.id, job.method, new.duration)
     elif isinstance(new, jobs.AwaitingRetry):
-        logger.info("job %s (%s) failed; retry at %s: %s", job.id, job.method, new.retry_at, new.error)
+        logger.info(
+            "job %s (%s) failed; retry at %s: %s", job.id, job.method, new.retry_at, new.error
+        )
     elif isinstance(new, jobs.Failed):
         logger.warning("job %s (%s) failed for good: %s", job.id, job.method, new.error)
     elif isinstance(new, jobs.Enqueued):
@@ -122,7 +124,7 @@ async def _run_then_cancel(
 
 
 async def _stop_on_signals(
-    signals: trio.abc.ReceiveChannel[int], server: jobs.JobServer, nursery: trio.Nursery
+    signals: AsyncIterator[int], server: jobs.JobServer, nursery: trio.Nursery
 ) -> None:
     """First signal: stop gracefully. Second: cancel everything (jobs are requeued)."""
     timeout = server.config.shutdown_timeout
@@ -289,7 +291,7 @@ def worker(
     workers = load_app(app)
     if metrics_port is not None:
         try:
-            import trio_monitor.metrics  # noqa: F401
+            importlib.import_module("trio_monitor.metrics")
         except ImportError as exc:
             raise BadUsage(str(exc)) from None
     configure_logging(log_format)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from typing import cast
 
 import trio
 
@@ -60,7 +61,7 @@ def inject_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
 def job_headers(job: Job) -> Mapping[str, str]:
     """A job's headers (``job.headers``), or no headers if it has none."""
     headers = getattr(job, "headers", None)
-    return headers if isinstance(headers, Mapping) else {}
+    return cast("Mapping[str, str]", headers) if isinstance(headers, Mapping) else {}
 
 
 class TracingMiddleware:
