@@ -14,7 +14,7 @@ PYTHON = "3.11"
 #: Every extra the tests, type checks and docs need.
 EXTRAS = ".[test,postgres,cli,metrics,otel]"
 ROOT = Path(__file__).parent
-LINT_PATHS = ["trio_monitor", "tests", "benchmarks", "noxfile.py", "docs/conf.py"]
+LINT_PATHS = ["trio_monitor", "tests", "benchmarks", "noxfile.py", "docs/conf.py", "docs/_ext"]
 # Peer libraries the benchmarks compare against (not needed by the package).
 BENCH_PEERS = ["aiojobs", "huey", "procrastinate", "saq"]
 
