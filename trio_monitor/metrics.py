@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, get_args
 
 import attrs
 import trio
@@ -69,18 +69,7 @@ __all__ = [
 logger = logging.getLogger("trio_monitor.metrics")
 
 #: Every state a job can be in, so each one is exported (as 0 when empty).
-STATE_NAMES = tuple(
-    cls.name
-    for cls in (
-        jobs.Enqueued,
-        jobs.Scheduled,
-        jobs.Processing,
-        jobs.Succeeded,
-        jobs.Failed,
-        jobs.AwaitingRetry,
-        jobs.Deleted,
-    )
-)
+STATE_NAMES = tuple(cls.name for cls in get_args(jobs.JobState))
 #: The queue label of counts from a source that cannot split them by queue.
 ALL_QUEUES = "*"
 

@@ -1,8 +1,8 @@
-"""The ``trio-monitor`` command group: every subcommand is registered here.
+"""The ``trio-monitor`` entry point: the assembled group, and exit statuses.
 
 Commands live one concept to a module (``_worker``, ``_operator``,
-``_demo``); this module only assembles them, and :func:`main` turns what
-escapes into an exit status.
+``_demo``), each adding itself to the group of :mod:`._group`; this module
+imports them, and :func:`main` turns what escapes into an exit status.
 """
 
 from __future__ import annotations
@@ -12,32 +12,13 @@ from collections.abc import Sequence
 
 import click
 
-from trio_monitor import __version__
-
-from ._demo import demo
-from ._operator import delete, enqueue, job, list_jobs, recurring, servers
-from ._storage import storage_option
-from ._worker import worker
+from . import _demo, _operator, _worker
+from ._group import PROG, cli
 
 __all__ = ["cli", "main"]
 
-PROG = "trio-monitor"
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name=PROG)
-@storage_option
-def cli() -> None:
-    """Operate trio_monitor job servers: run workers, enqueue and inspect jobs.
-
-    The storage comes from --storage URL (before or after the command name)
-    or TRIO_MONITOR_STORAGE. Exit status: 0 done, 1 not found or failed,
-    2 usage error or bad storage URL.
-    """
-
-
-for command in (worker, enqueue, list_jobs, job, delete, servers, recurring, demo):
-    cli.add_command(command)
+#: Importing a command module registers its commands on the group.
+COMMAND_MODULES = (_demo, _operator, _worker)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

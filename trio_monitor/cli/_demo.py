@@ -28,6 +28,7 @@ from rich.progress import (
 
 from trio_monitor import jobs
 
+from ._group import cli
 from ._output import print_table
 
 __all__ = ["demo", "workers"]
@@ -184,7 +185,7 @@ def _summary(rows: Sequence[jobs.Job]) -> None:
     )
 
 
-@click.command()
+@cli.command()
 @click.option(
     "--db",
     default=DEMO_DB,

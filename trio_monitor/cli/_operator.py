@@ -7,38 +7,31 @@ The public producer/operator API (``jobs.Client``: ``retry``, ``abort``,
 queue pausing, filtered listings) is not there yet. Until it is, these
 commands go through :func:`_producer` (a job server that is never started:
 its ``enqueue`` and ``delete`` need no running server) and the
-:class:`~trio_monitor.jobs.Storage` protocol. Each command body is the one
-place that switches to the client.
+:class:`~trio_monitor.jobs.Storage` protocol. Each command's ``async``
+helper is the one place that switches to the client, and each command still
+to come (``retry``, ``abort``, ``queues``, ``pause``, ``resume``,
+``migrate``) is one more ``@cli.command()`` function here.
 """
 
 from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from trio_monitor import jobs
 
 from ._errors import BadUsage, Failed, run_async
+from ._group import cli
 from ._output import job_json, json_option, print_json, print_table, record_json
 from ._storage import open_cli_storage, storage_option, storage_url
 
 __all__ = ["delete", "enqueue", "job", "list_jobs", "recurring", "servers"]
 
-STATES: dict[str, type[jobs.JobState]] = {
-    cls.name: cls
-    for cls in (
-        jobs.Enqueued,
-        jobs.Scheduled,
-        jobs.Processing,
-        jobs.Succeeded,
-        jobs.Failed,
-        jobs.AwaitingRetry,
-        jobs.Deleted,
-    )
-}
+#: Job states by name, for ``--state``.
+STATES: dict[str, type[jobs.JobState]] = {cls.name: cls for cls in get_args(jobs.JobState)}
 
 
 def _producer(storage: jobs.Storage) -> jobs.JobServer:
@@ -86,7 +79,7 @@ async def _enqueue(
             raise BadUsage(str(exc)) from None
 
 
-@click.command()
+@cli.command()
 @click.argument("method")
 @click.argument("payload", metavar="[JSON]", required=False, callback=_payload)
 @click.option("--queue", default="default", show_default=True, help="Queue to put the job in.")
@@ -122,7 +115,7 @@ async def _list(
         ][:limit]
 
 
-@click.command("jobs")
+@cli.command("jobs")
 @click.option("--state", type=click.Choice(list(STATES)), help="Only jobs in this state.")
 @click.option("--queue", help="Only jobs in this queue.")
 @click.option("--method", help="Only jobs for this method.")
@@ -165,7 +158,7 @@ async def _get(url: str, job_id: str) -> jobs.Job | None:
         return await storage.get(job_id)
 
 
-@click.command()
+@cli.command()
 @click.argument("job_id", metavar="ID")
 @json_option
 @storage_option
@@ -202,7 +195,7 @@ async def _delete(url: str, job_ids: tuple[str, ...]) -> list[str]:
     return missing
 
 
-@click.command()
+@cli.command()
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
 @storage_option
 def delete(job_ids: tuple[str, ...]) -> None:
@@ -220,7 +213,7 @@ async def _servers(url: str) -> list[jobs.ServerInfo]:
         return await storage.list_servers()
 
 
-@click.command()
+@cli.command()
 @json_option
 @storage_option
 def servers(as_json: bool) -> None:
@@ -250,7 +243,7 @@ async def _recurring(url: str) -> list[jobs.RecurringJob]:
         return await storage.list_recurring()
 
 
-@click.command()
+@cli.command()
 @json_option
 @storage_option
 def recurring(as_json: bool) -> None:

@@ -27,6 +27,7 @@ import trio
 from trio_monitor import jobs
 
 from ._errors import BadUsage, Failed, run_async
+from ._group import cli
 from ._logs import LOG_FORMATS, configure_logging
 from ._storage import open_cli_storage, redact, storage_option, storage_url
 
@@ -208,7 +209,7 @@ async def _serve(
     logger.info("worker %s stopped", config.server_name)
 
 
-@click.command()
+@cli.command()
 @click.argument("app")
 @click.option(
     "--queues",
