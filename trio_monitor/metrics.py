@@ -94,7 +94,7 @@ class JobMetrics:
     ``trio_monitor_jobs_processed_total{method, outcome}`` (counter)
       Runs that ended, by ``outcome``: ``succeeded``, ``failed`` (for good),
       ``retried`` (a failed attempt that will be retried) or ``requeued``
-      (cancelled by a stop, back in the queue uncounted).
+      (cancelled by a stop, back in the queue uncounted) or ``aborted``.
 
     Args:
       registry: Where to register the metrics (default: prometheus_client's
@@ -141,16 +141,19 @@ class JobMetrics:
         """Count the run that ``old -> new`` ended, if it ended one."""
         if not isinstance(old, jobs.Processing):
             return
-        outcome = _OUTCOMES.get(type(new))
+        outcome = _OUTCOMES.get(new.name)
         if outcome is not None:
             self.processed.labels(job.method, outcome).inc()
 
 
-_OUTCOMES: dict[type, str] = {
-    jobs.Succeeded: "succeeded",
-    jobs.Failed: "failed",
-    jobs.AwaitingRetry: "retried",
-    jobs.Enqueued: "requeued",
+#: The outcome of a run, by the name of the state it ended in (by name, so
+#: that a terminal state added later, such as an aborted one, needs one entry).
+_OUTCOMES = {
+    jobs.Succeeded.name: "succeeded",
+    jobs.Failed.name: "failed",
+    jobs.AwaitingRetry.name: "retried",
+    jobs.Enqueued.name: "requeued",
+    "aborted": "aborted",
 }
 
 #: Reads job counts keyed by ``(queue, state name)``.

@@ -26,6 +26,11 @@ def _usage_error(done_stderr: str) -> None:
             "cannot open storage",
             id="postgres-option",
         ),
+        pytest.param(
+            ["servers", "--storage", "postgresql://u:pw@127.0.0.1:1/db?pool_timeout=1"],
+            "Connection refused",  # the pool's first error, not "pool timed out"
+            id="postgres-unreachable",
+        ),
         pytest.param(["jobs"], "no storage given", id="no-storage"),
         pytest.param(["worker", "nocolon"], "module:attribute", id="app-spec"),
         pytest.param(["worker", "no_such_module_xyz:workers"], "cannot import", id="app-module"),
@@ -63,6 +68,7 @@ def test_bad_input_exits_2_without_a_traceback(
     assert done.returncode == 2, (done.stdout, done.stderr)
     _usage_error(done.stderr)
     assert message in done.stderr
+    assert done.stderr.count("\n") == 1 or done.stderr.startswith("Usage:")
 
 
 def test_storage_errors_are_one_line_and_hide_passwords() -> None:

@@ -7,6 +7,7 @@ imports them, and :func:`main` turns what escapes into an exit status.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,10 @@ COMMAND_MODULES = (_demo, _operator, _worker)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    # Library log records would interleave with the command's own output;
+    # the worker sends them to stderr in the format asked for, and the other
+    # commands report what went wrong in their error line.
+    logging.getLogger().addHandler(logging.NullHandler())
     try:
         cli.main(
             args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False

@@ -52,13 +52,18 @@ def _safe_repr(value: object) -> str:
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> logging.Handler:
-    """Send the ``trio_monitor`` loggers to stderr in ``log_format``; return the handler."""
+    """Log to stderr in ``log_format``: ``trio_monitor`` from ``level``, libraries from WARNING.
+
+    Libraries' warnings (a database driver reconnecting, say) matter to an
+    operator too, so the handler goes on the root logger. Returns it.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    logger = logging.getLogger("trio_monitor")
-    logger.addHandler(handler)
-    logger.setLevel(level)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("trio_monitor").setLevel(level)
     return handler

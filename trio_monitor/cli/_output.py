@@ -31,15 +31,13 @@ def json_option(fn: F) -> F:
     )
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
+def _plain(_record: object, _field: object, value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def record_json(record: attrs.AttrsInstance) -> dict[str, object]:
-    """An attrs record as a JSON-ready dict, by attribute name."""
-    return {name: _plain(value) for name, value in attrs.asdict(record, recurse=False).items()}
+    """An attrs record as a JSON-ready dict, by attribute name (nested records too)."""
+    return attrs.asdict(record, value_serializer=_plain)
 
 
 def job_json(job: jobs.Job) -> dict[str, object]:

@@ -8,6 +8,7 @@ the one after the command name wins.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -80,15 +81,44 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _reason(exc: Exception, url: str) -> str:
-    """The first line of ``exc``'s message, without the URL's password."""
-    text = describe_exception(exc).strip()
-    reason = text.splitlines()[0] if text else type(exc).__name__
+def _reason(error: Exception | str, url: str) -> str:
+    """The first line of an error message, without the URL's password."""
+    text = (error if isinstance(error, str) else describe_exception(error)).strip()
+    reason = text.splitlines()[0] if text else type(error).__name__
     try:
         password = urlsplit(url).password
     except ValueError:
         password = None
     return reason.replace(password, "***") if password else reason
+
+
+class _FirstConnectionError(logging.Handler):
+    """Keeps the first connection error a connection pool logs while the storage opens.
+
+    A pool that cannot reach its database keeps trying until its timeout,
+    logging each error, and then raises an exception that says only that it
+    timed out. The first error it logged says why ("connection refused",
+    "password authentication failed"): that is the line the operator needs.
+    """
+
+    LOGGERS = ("psycopg.pool",)
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.error: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.error is None:  # may run in the pool's thread
+            self.error = record.getMessage()
+
+    def __enter__(self) -> _FirstConnectionError:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
 
 
 @contextlib.asynccontextmanager
@@ -99,13 +129,16 @@ async def open_cli_storage(url: str) -> AsyncGenerator[jobs.Storage, None]:
     propagates unchanged.
     """
     async with contextlib.AsyncExitStack() as stack:
+        connection_error = _FirstConnectionError()
         try:
-            storage = await stack.enter_async_context(jobs.open_storage(url))
+            with connection_error:
+                storage = await stack.enter_async_context(jobs.open_storage(url))
         except ImportError as exc:
             raise BadUsage(
                 f"storage {redact(url)!r} needs an extra that is not installed ({exc}); "
                 "for PostgreSQL: pip install 'trio-monitor[postgres]'"
             ) from None
         except Exception as exc:
-            raise BadUsage(f"cannot open storage {redact(url)!r}: {_reason(exc, url)}") from None
+            reason = _reason(connection_error.error or exc, url)
+            raise BadUsage(f"cannot open storage {redact(url)!r}: {reason}") from None
         yield storage
