@@ -217,6 +217,11 @@ def test_statistics_collector_checks_its_arguments() -> None:
     collector = metrics.StatisticsCollector("x", lambda: 42)
     with pytest.raises(TypeError, match="attrs record or a mapping"):
         list(collector.collect())
+
+    def broken() -> object:
+        raise RuntimeError("closed")
+
+    assert list(metrics.StatisticsCollector("x", broken).collect()) == []
     only_numbers = metrics.StatisticsCollector("x", lambda: {"n": 1, "flag": True, "name": "a"})
     assert [family.name for family in only_numbers.collect()] == ["trio_monitor_x_n"]
 

@@ -263,7 +263,9 @@ class StatisticsCollector(Collector):
     a supervisor) or a function taking no arguments (``runtime.metrics``,
     ``lambda: {"tasks": len(registry)}``). What it returns may be an attrs
     record or a mapping; its int and float fields become gauges, read at
-    each scrape. Call it from the thread that serves scrapes only if the
+    each scrape. A source that raises is logged and left out of that scrape
+    (the other metrics are still served); one returning anything else is a
+    bug, and raises :exc:`TypeError`. Call it from the thread that serves scrapes only if the
     source is safe to read from there (the components' statistics are plain
     attribute reads).
 
@@ -287,7 +289,12 @@ class StatisticsCollector(Collector):
         self.component = component
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self._read()
+        try:
+            snapshot = self._read()
+        except Exception:
+            # One broken source must not fail the whole scrape.
+            logger.exception("could not read the %s statistics; skipping them", self.component)
+            return
         fields: Mapping[Any, object]
         if isinstance(snapshot, Mapping):
             fields = cast("Mapping[Any, object]", snapshot)
