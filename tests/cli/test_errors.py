@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -107,3 +108,15 @@ def test_without_the_cli_extra_one_line_says_what_to_install(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "pip install 'trio-monitor[cli]'" in err
+
+
+def test_a_metrics_port_in_use_fails_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = command_env(TRIO_MONITOR_STORAGE=f"sqlite:///{tmp_path / 'jobs.db'}")
+        done = run("worker", "tests.cli.app:workers", "--metrics-port", str(port), env=env)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot serve metrics on port {port}" in done.stderr.splitlines()[-1]
