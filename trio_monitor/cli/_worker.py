@@ -61,7 +61,8 @@ def load_app(spec: str) -> jobs.WorkerRegistry:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
+        missing = exc.name or ""
+        if missing != module_name and not module_name.startswith(f"{missing}."):
             raise  # the module exists, but an import inside it failed: show where
         raise BadUsage(f"cannot import {module_name!r} for APP {spec!r}: {exc}") from None
     found: object = module
@@ -197,16 +198,17 @@ async def _serve(
                         _serve_metrics, storage, registry, metrics_port or 0, metrics_refresh
                     )
                 await nursery.start(_run_then_cancel, server, nursery.cancel_scope)
+                identity = server.server_id
                 logger.info(
                     "worker %s started: %d job(s) at once from %s, storage %s, methods %s",
-                    server.server_id,
+                    identity,
                     config.worker_count,
                     ", ".join(config.queues) or "every queue",
                     redact(url),
                     ", ".join(sorted(workers)) or "(none)",
                 )
                 await _stop_on_signals(signals, server, nursery)
-    logger.info("worker %s stopped", config.server_name)
+    logger.info("worker %s stopped", identity)
 
 
 @cli.command()
