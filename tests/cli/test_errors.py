@@ -23,7 +23,7 @@ def _usage_error(done_stderr: str) -> None:
         pytest.param(["jobs", "--storage", "foo://x"], "unsupported storage URL", id="scheme"),
         pytest.param(["jobs", "--storage", "sqlite:///x.db?bogus=1"], "bogus", id="sqlite-option"),
         pytest.param(
-            ["servers", "--storage", "postgresql://u@127.0.0.1:1/db?nonsense=1"],
+            ["servers", "--storage", "postgresql://u@127.0.0.1:1/db?nonsense=1&pool_timeout=1"],
             "cannot open storage",
             id="postgres-option",
         ),
