@@ -129,11 +129,11 @@ class Cli:
 
         return trio.run(poll)
 
-    def start_worker(self, *args: str, **env: str) -> Worker:
-        """Start ``worker tests.cli.app:workers ARGS`` with the storage in the environment."""
+    def start_worker(self, *args: str, app: str = "tests.cli.app:workers", **env: str) -> Worker:
+        """Start ``worker APP ARGS`` with the storage in the environment."""
         log = self.tmp_path / f"worker-{len(self.workers)}.log"
         worker = Worker(
-            ["tests.cli.app:workers", "--polling-interval", "0.2", *args],
+            [app, "--polling-interval", "0.2", *args],
             command_env(TRIO_MONITOR_STORAGE=self.url, **env),
             log,
         )

@@ -140,3 +140,16 @@ def test_json_logs(sqlite_cli: Cli) -> None:
     assert {"time", "level", "logger", "message"} <= set(lines[0])
     assert any(f"job {job_id} (add) succeeded" in line["message"] for line in lines)
     assert all(datetime.fromisoformat(line["time"]).tzinfo is not None for line in lines)
+
+
+def test_traced_worker_writes_a_span_per_run(sqlite_cli: Cli) -> None:
+    spans_file = sqlite_cli.tmp_path / "spans.jsonl"
+    job_id = sqlite_cli.ok("enqueue", "add", '{"a": 1, "b": 1}').strip()
+    worker = sqlite_cli.start_worker(
+        "--trace", app="tests.cli.traced_app:workers", TRIO_MONITOR_TEST_SPANS=str(spans_file)
+    )
+    sqlite_cli.wait_for_state(job_id, "succeeded")
+    sqlite_cli.stop_worker(worker)
+    (span,) = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    assert span["name"] == "job add"
+    assert span["attributes"]["messaging.message.id"] == job_id

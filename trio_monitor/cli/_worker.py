@@ -174,10 +174,15 @@ async def _serve(
     config: jobs.ServerConfig,
     metrics_port: int | None,
     metrics_refresh: float,
+    trace: bool,
 ) -> None:
     async with open_cli_storage(url) as storage:
         hooks: list[StateChangeHook] = [log_job]
         middleware: list[Callable[..., Awaitable[object]]] = []
+        if trace:
+            from trio_monitor.jobs import tracing
+
+            middleware.append(tracing.TracingMiddleware())  # first: its span covers the rest
         registry: CollectorRegistry | None = None
         if metrics_port is not None:
             from trio_monitor import metrics
@@ -262,6 +267,12 @@ async def _serve(
     help="Seconds between readings of the job counts from the database.",
 )
 @click.option(
+    "--trace",
+    is_flag=True,
+    help="Run each job in an OpenTelemetry span (needs the otel extra, and an SDK "
+    "configured by APP's module or by opentelemetry-instrument).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
@@ -278,6 +289,7 @@ def worker(
     polling_interval: float,
     metrics_port: int | None,
     metrics_refresh: float,
+    trace: bool,
     log_format: str,
 ) -> None:
     """Run a job server for APP until SIGINT or SIGTERM.
@@ -292,10 +304,12 @@ def worker(
     """
     url = storage_url()
     workers = load_app(app)
-    if metrics_port is not None:
+    # Check the extras the options need before anything starts.
+    needed = {"trio_monitor.metrics": metrics_port is not None, "trio_monitor.jobs.tracing": trace}
+    for module in (name for name, wanted in needed.items() if wanted):
         try:
-            importlib.import_module("trio_monitor.metrics")
-        except ImportError as exc:
+            importlib.import_module(module)
+        except ImportError as exc:  # the message says which extra to install
             raise BadUsage(str(exc)) from None
     configure_logging(log_format)
     config = jobs.ServerConfig(
@@ -306,4 +320,4 @@ def worker(
         shutdown_timeout=shutdown_timeout,
         enable_heartbeat=True,
     )
-    run_async(partial(_serve, url, workers, config, metrics_port, metrics_refresh))
+    run_async(partial(_serve, url, workers, config, metrics_port, metrics_refresh, trace))
