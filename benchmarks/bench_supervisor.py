@@ -28,16 +28,15 @@ per-round ratios. Run ``python benchmarks/bench_supervisor.py``
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import platform
 import statistics
-import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from _alternating import alternate, cpu_seconds
 
 import trio_monitor as tm
 
@@ -83,28 +82,19 @@ def report(send: trio.MemorySendChannel[Any], exc: BaseException) -> None:
 
 
 async def run_loop_with_start(n: int) -> None:
-    done = trio.Event()
-    child = crashing_child(n, done)
-    send, receive = trio.open_memory_channel[Any](math.inf)
-
-    async def keep_running() -> None:
-        while True:
-            try:
-                async with trio.open_nursery() as run:
-                    await run.start(child)
-            except Exception as group:
-                # The nursery wraps the child's exception: report the child's own.
-                leaf = group.exceptions[0] if isinstance(group, ExceptionGroup) else group
-                report(send, leaf)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume, receive)
-        nursery.start_soon(keep_running)
-        await done.wait()
-        nursery.cancel_scope.cancel()
+    await restart_loop(n, with_start=True)
 
 
 async def run_loop(n: int) -> None:
+    await restart_loop(n, with_start=False)
+
+
+async def restart_loop(n: int, *, with_start: bool) -> None:
+    """The hand-written ``while True: try/except`` restart loop.
+
+    ``with_start``: each run is started with ``nursery.start`` in a nursery
+    of its own; otherwise the child is awaited in the loop's own task.
+    """
     done = trio.Event()
     child = crashing_child(n, done)
     send, receive = trio.open_memory_channel[Any](math.inf)
@@ -112,9 +102,14 @@ async def run_loop(n: int) -> None:
     async def keep_running() -> None:
         while True:
             try:
-                await child()
+                if with_start:
+                    async with trio.open_nursery() as run:
+                        await run.start(child)
+                else:
+                    await child()
             except Exception as exc:
-                report(send, exc)
+                # A nursery wraps the child's exception: report the child's own.
+                report(send, exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consume, receive)
@@ -130,19 +125,6 @@ VARIANTS: dict[str, Callable[[int], Awaitable[None]]] = {
 }
 
 
-def measure(variant: Callable[[int], Awaitable[None]], n: int) -> float:
-    gc.collect()
-
-    async def main() -> float:
-        # CPU time of this process: the work done, not what other processes
-        # on the machine steal from the wall clock.
-        start = time.process_time()
-        await variant(n)
-        return time.process_time() - start
-
-    return trio.run(main)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N=1,000 and 3 rounds")
@@ -153,13 +135,9 @@ def main() -> None:
     rounds = args.rounds or (3 if args.quick else 9)
 
     names = list(VARIANTS)
-    times: dict[str, list[float]] = {name: [] for name in names}
     for name in names:  # warm-up: imports, code paths
-        measure(VARIANTS[name], min(n, 1_000))
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            times[name].append(measure(VARIANTS[name], n))
+        cpu_seconds(VARIANTS[name], min(n, 1_000))
+    times = alternate(VARIANTS, n, rounds)
 
     print(
         f"supervisor: {n:,} restart cycles (fail, report, restart, ready), {rounds} rounds, "

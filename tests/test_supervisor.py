@@ -41,6 +41,11 @@ class Log:
     def times(self, what: str, name: str) -> list[float]:
         return [t for t, w, n in self.events if w == what and n == name]
 
+    def backoffs(self, name: str) -> list[float]:
+        """How long each failure of ``name`` waited for its restart."""
+        fails, starts = self.times("fail", name), self.times("start", name)
+        return [start - fail for fail, start in zip(fails, starts[1:], strict=False)]
+
 
 def child(
     log: Log,
@@ -501,10 +506,7 @@ async def test_backoff_grows_exponentially_up_to_max(autojump_clock: trio.abc.Cl
     async with tm.open_supervisor(max_restarts=100, within=1000, backoff=backoff) as sup:
         await sup.start("c", child(log, "c", fails_after=0.5))
         await trio.sleep(60)
-    starts = log.times("start", "c")
-    fails = log.times("fail", "c")
-    waits = [start - fail for fail, start in zip(fails, starts[1:], strict=False)]
-    assert waits[:6] == [1, 2, 4, 5, 5, 5]
+    assert log.backoffs("c")[:6] == [1, 2, 4, 5, 5, 5]
 
 
 async def test_backoff_jitter_stays_within_its_fraction(autojump_clock: trio.abc.Clock) -> None:
@@ -513,9 +515,7 @@ async def test_backoff_jitter_stays_within_its_fraction(autojump_clock: trio.abc
     async with tm.open_supervisor(max_restarts=100, within=1000, backoff=backoff) as sup:
         await sup.start("c", child(log, "c", fails_after=0.5))
         await trio.sleep(100)
-    starts = log.times("start", "c")
-    fails = log.times("fail", "c")
-    waits = [start - fail for fail, start in zip(fails, starts[1:], strict=False)]
+    waits = log.backoffs("c")
     assert len(waits) > 10
     assert all(3 <= w <= 5 for w in waits), waits
     assert len(set(waits)) > 1
@@ -538,11 +538,8 @@ async def test_backoff_resets_after_a_run_of_at_least_within(
     async with tm.open_supervisor(max_restarts=100, within=5, backoff=backoff) as sup:
         await sup.start("c", c)
         await trio.sleep(200)
-    starts = log.times("start", "c")
-    fails = log.times("fail", "c")
-    waits = [start - fail for fail, start in zip(fails, starts[1:], strict=False)]
     # 1, 10, then the 10 s run resets the count: 1 again, then 10.
-    assert waits == [1, 10, 1, 10, 100]
+    assert log.backoffs("c") == [1, 10, 1, 10, 100]
 
 
 async def test_a_backoff_never_blocks_other_children(autojump_clock: trio.abc.Clock) -> None:

@@ -41,7 +41,7 @@ from hypothesis.stateful import initialize, invariant, precondition, rule
 
 import trio_monitor as tm
 from tests.hostile import Misbehaviour, Track, UnprintableError
-from tests.machines import FAILS, MISBEHAVIOURS, HostedMachine
+from tests.machines import FAILS, MISBEHAVIOURS, SubscribingMachine
 from tests.trio_host import STEP
 
 #: How long each run lasts before it ends on its own (never for ever here:
@@ -72,14 +72,13 @@ class Child:
         return failed
 
 
-class SupervisorMachine(HostedMachine):
+class SupervisorMachine(SubscribingMachine):
     LOGGER = "trio_monitor.supervisor"
     BLOCK_ERRORS = (tm.RestartIntensityExceeded,)
 
     def __init__(self) -> None:
         super().__init__()
         self.children: list[Child] = []
-        self.extra: list[trio.MemoryReceiveChannel[tm.TaskFailure]] = []
         #: Instants at which something may have stopped a run on purpose.
         self.stop_instants: set[float] = set()
         self.settings: dict[str, object] = {}
@@ -106,7 +105,7 @@ class SupervisorMachine(HostedMachine):
         self.sup = component
 
     def active(self) -> bool:
-        return self.ready and not self.stopped and not self.exited.is_set()
+        return self.subscribing()
 
     # --- rules ---
 
@@ -178,25 +177,6 @@ class SupervisorMachine(HostedMachine):
                 await handle.restart()
 
         self.host.nursery.start_soon(restart)
-
-    @precondition(lambda self: self.active())
-    @rule()
-    def subscribe(self) -> None:
-        self.extra.append(self.host.call(self._subscribe))
-
-    async def _subscribe(self) -> trio.MemoryReceiveChannel[tm.TaskFailure]:
-        return self.sup.subscribe(1)
-
-    @precondition(lambda self: self.active() and self.extra)
-    @rule(data=st.data())
-    def unsubscribe(self, data: st.DataObject) -> None:
-        channel = data.draw(st.sampled_from(self.extra))
-        self.extra.remove(channel)
-        self.host.call(self._unsubscribe, channel)
-
-    async def _unsubscribe(self, channel: trio.MemoryReceiveChannel[tm.TaskFailure]) -> None:
-        channel.close()
-        assert self.sup.statistics().subscribers == 1 + len(self.extra)
 
     @precondition(lambda self: self.active())
     @rule(how=st.sampled_from(["exit", "raise", "outer"]))
