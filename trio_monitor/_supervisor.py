@@ -385,7 +385,7 @@ class ChildHandle:
         it is called off. Safe to call more than once; :meth:`restart`
         starts it again.
         """
-        self._supervisor._retire(self._child)  # pyright: ignore[reportPrivateUsage]
+        self._supervisor._stop_for_good(self._child)  # pyright: ignore[reportPrivateUsage]
 
     async def restart(self) -> None:
         """Restart the child by hand, and return once its new run is ready.
@@ -828,7 +828,7 @@ class Supervisor:
                 raise _startup_error(child, run.failure.reason)
             raise RuntimeError(f"child {child.name!r} was stopped before it was ready")
 
-    def _retire(self, child: _Child) -> None:
+    def _stop_for_good(self, child: _Child) -> None:
         child.owner = None
         child.retired = True
         run = child.run
@@ -838,9 +838,9 @@ class Supervisor:
             return
         run.state.aborted = True  # on purpose from now on, before the stop begins
         child.status = "stopping"
-        self._core.nursery.start_soon(self._finish_retiring, child)
+        self._core.nursery.start_soon(self._finish_stop_for_good, child)
 
-    async def _finish_retiring(self, child: _Child) -> None:
+    async def _finish_stop_for_good(self, child: _Child) -> None:
         await self._stop_run(child)
         if child.retired:
             child.status = "stopped"
