@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -1243,3 +1244,180 @@ def test_public_names_present_themselves_under_trio_monitor() -> None:
         assert obj.__module__ == "trio_monitor", obj
     assert {s.name for s in tm.Strategy} == {"ONE_FOR_ONE", "ONE_FOR_ALL", "REST_FOR_ONE"}
     assert {r.name for r in tm.Restart} == {"PERMANENT", "TRANSIENT", "TEMPORARY"}
+
+
+# --- OTP supervisor_SUITE scenarios that apply ---
+#
+# Ported by meaning, not by letter: OTP's exit reasons become how a Trio
+# child ends (returns, raises), its shutdown specs a shutdown_timeout
+# (brutal_kill: 0; infinity: math.inf). Not ported: ignore/init-return
+# shapes, child specs as maps, simple_one_for_one and code_change (no
+# equivalent API), and the "shutdown" exit reason (a Trio child has no exit
+# reason besides returning or raising).
+
+
+@pytest.mark.parametrize(
+    ("restart", "ending", "restarted", "reported"),
+    [
+        (tm.Restart.PERMANENT, "normal", True, tm.EarlyTermination),  # permanent_normal
+        (tm.Restart.TRANSIENT, "normal", False, None),  # transient_normal
+        (tm.Restart.TEMPORARY, "normal", False, None),  # temporary_normal
+        (tm.Restart.PERMANENT, "abnormal", True, tm.Panic),  # permanent_abnormal
+        (tm.Restart.TRANSIENT, "abnormal", True, tm.Panic),  # transient_abnormal
+        (tm.Restart.TEMPORARY, "abnormal", False, tm.Panic),  # temporary_abnormal
+    ],
+)
+async def test_otp_restart_kinds_by_ending(
+    autojump_clock: trio.abc.Clock,
+    restart: tm.Restart,
+    ending: str,
+    restarted: bool,
+    reported: type[object] | None,
+) -> None:
+    log = Log()
+    first_run = (
+        child(log, "c", returns_after=1) if ending == "normal" else child(log, "c", fails_after=1)
+    )
+    runs = 0
+
+    async def body(task_status: trio.TaskStatus[str]) -> None:
+        # Only the first run ends; a restarted one stays up.
+        nonlocal runs
+        runs += 1
+        await (first_run if runs == 1 else child(log, "c"))(task_status=task_status)
+
+    async with tm.open_supervisor(backoff=NO_BACKOFF) as sup:
+        failures = sup.subscribe()
+        handle = await sup.start("c", body, restart=restart)
+        await trio.sleep(5)
+        assert [type(f.reason) for f in drain_nowait(failures)] == ([reported] if reported else [])
+        assert log.of("start") == (["c", "c"] if restarted else ["c"])
+        assert handle.is_running() is restarted
+        assert sup.statistics().restarts == int(restarted)
+
+
+async def test_otp_sup_stop_infinity(autojump_clock: trio.abc.Clock) -> None:
+    stopped_at: list[float] = []
+
+    async def slow_to_stop(shutdown: tm.ShutdownToken) -> None:
+        await shutdown.wait()
+        await trio.sleep(3600)
+        stopped_at.append(trio.current_time())
+
+    async with tm.open_supervisor() as sup:
+        await sup.start("slow", slow_to_stop, shutdown_timeout=math.inf)
+    assert stopped_at == [3600]
+
+
+async def test_otp_sup_stop_timeout_and_brutal_kill(autojump_clock: trio.abc.Clock) -> None:
+    # child1 stops when asked; child2 sleeps through its token and is killed
+    # at its timeout; child3 (brutal_kill) is cancelled without waiting.
+    log = Log()
+
+    async def polite(shutdown: tm.ShutdownToken) -> None:
+        await shutdown.wait()
+        log.add("stopped", "child1")
+
+    async def sleeper(shutdown: tm.ShutdownToken) -> None:
+        await child(log, "child2")()
+
+    async def brutal(shutdown: tm.ShutdownToken) -> None:
+        await child(log, "child3")()
+
+    async with tm.open_supervisor() as sup:
+        await sup.start("child1", polite, shutdown_timeout=1)
+        await sup.start("child2", sleeper, shutdown_timeout=1)
+        await sup.start("child3", brutal, shutdown_timeout=0)
+    assert [(t, w, n) for t, w, n in log.events if w != "start" and w != "ready"] == [
+        (0, "cancelled", "child3"),
+        (1, "cancelled", "child2"),
+        (1, "stopped", "child1"),
+    ]
+
+
+async def test_otp_child_adm(autojump_clock: trio.abc.Clock) -> None:
+    # Start, list, stop, restart, start again under a taken name.
+    log = Log()
+    async with tm.open_supervisor() as sup:
+        handle = await sup.start("child1", child(log, "child1"))
+        assert [(c.name, c.status) for c in sup.children()] == [("child1", "running")]
+        with pytest.raises(ValueError, match="taken"):
+            await sup.start("child1", child(log, "child1"))
+        handle.stop()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [(c.name, c.status) for c in sup.children()] == [("child1", "stopped")]
+        await handle.restart()
+        assert [(c.name, c.status) for c in sup.children()] == [("child1", "running")]
+        assert log.of("start") == ["child1", "child1"]
+
+
+async def test_otp_count_children(autojump_clock: trio.abc.Clock) -> None:
+    log = Log()
+    async with tm.open_supervisor(backoff=tm.Backoff(initial=10, jitter=0)) as sup:
+        await sup.start("worker", child(log, "worker"))
+        await sup.start("crasher", child(log, "crasher", fails_after=1))
+        await sup.start("done", child(log, "done", returns_after=1), restart=tm.Restart.TRANSIENT)
+        await trio.sleep(2)
+        assert sup.statistics().children == 3
+        statuses = {c.name: c.status for c in sup.children()}
+        assert statuses == {"worker": "running", "crasher": "backing_off", "done": "stopped"}
+
+
+@pytest.mark.parametrize("strategy", list(tm.Strategy))
+async def test_otp_escalation_for_every_strategy(
+    autojump_clock: trio.abc.Clock, strategy: tm.Strategy
+) -> None:
+    # one_for_one_escalation, one_for_all_escalation, rest_for_one_escalation:
+    # a child that keeps failing takes its supervisor down after
+    # max_restarts restarts, and everything it ran is stopped.
+    log = Log()
+    with pytest.raises(tm.RestartIntensityExceeded) as info:  # noqa: PT012 - the block is the subject
+        async with tm.open_supervisor(strategy=strategy, max_restarts=2, backoff=NO_BACKOFF) as sup:
+            await sup.start("before", child(log, "before"))
+            await sup.start("crasher", child(log, "crasher", fails_after=1))
+            await sup.start("after", child(log, "after"))
+            await trio.sleep_forever()
+    assert log.of("start").count("crasher") == 3
+    assert len(info.value.failures) == 3
+    assert log.of("cancelled")[-2:] == ["after", "before"]
+    assert all_tasks_ended(log)
+
+
+def all_tasks_ended(log: Log) -> bool:
+    """Every start in ``log`` was followed by its end (a failure or a cancel)."""
+    open_runs: Counter[str] = Counter()
+    for _, what, name in log.events:
+        if what == "start":
+            open_runs[name] += 1
+        elif what in ("fail", "cancelled", "return"):
+            open_runs[name] -= 1
+    return all(n == 0 for n in open_runs.values())
+
+
+async def test_otp_hanging_restart_loop(autojump_clock: trio.abc.Clock) -> None:
+    # A child whose every restart fails before it is ready does not make the
+    # supervisor hang: each is a failure, counted, until it gives up.
+    runs = 0
+
+    async def fails_to_restart(task_status: trio.TaskStatus[None]) -> None:
+        nonlocal runs
+        runs += 1
+        if runs > 1:
+            raise OSError("cannot start again")
+        task_status.started()
+        await trio.sleep(1)
+        raise ValueError("crash")
+
+    with pytest.raises(tm.RestartIntensityExceeded) as info:  # noqa: PT012 - the block is the subject
+        async with tm.open_supervisor(max_restarts=3, backoff=NO_BACKOFF) as sup:
+            await sup.start("c", fails_to_restart)
+            await trio.sleep_forever()
+    assert runs == 4
+    reasons = [f.reason for f in info.value.failures]
+    assert all(isinstance(r, tm.Panic) for r in reasons)
+    assert [type(r.exception) for r in reasons if isinstance(r, tm.Panic)] == [
+        ValueError,
+        OSError,
+        OSError,
+        OSError,
+    ]
