@@ -101,7 +101,8 @@ class RestartIntensityExceeded(Exception):
         names = ", ".join(dict.fromkeys(repr(f.task.name) for f in failures))
         super().__init__(
             f"more than {max_restarts} restart(s) within {within:g}s "
-            f"({len(failures)} failure(s), of {names}): the supervisor gave up"
+            f"({len(failures)} failure(s), of {names}): the supervisor gave up; "
+            "its .failures say why (raise max_restarts or within if such bursts are expected)"
         )
         self.max_restarts = max_restarts
         self.within = within
