@@ -11,7 +11,6 @@ exit status; add one with another ``subparsers.add_parser(...)`` and
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -99,10 +98,7 @@ async def _draw_progress(progress: _Progress, storage: jobs.Storage) -> None:
 
 
 def _storage_url(db: str) -> str:
-    """The demo's storage: a fresh SQLite file, or memory if SQLite is missing."""
-    if importlib.util.find_spec("trio_monitor.jobs._sqlite") is None:
-        print("note: the SQLite backend is not available; using memory:// instead")
-        return "memory://"
+    """The demo's storage: a fresh SQLite file."""
     path = Path(db).resolve()
     for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         leftover.unlink(missing_ok=True)  # each run starts from an empty database

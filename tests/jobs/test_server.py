@@ -18,7 +18,7 @@ import trio.testing
 
 from tests.jobs.server_helpers import FAST, QUICK_RETRIES, Recorder, fast_config, running
 from trio_monitor import ShutdownToken, jobs
-from trio_monitor.jobs._memory import MemoryStorage
+from trio_monitor.jobs._backends._memory import MemoryStorage
 
 
 def make_server(
