@@ -328,6 +328,17 @@ class PostgresStorage:
             raise trio.ClosedResourceError("this PostgreSQL storage is closed")
         return await self._calls.run(fn)
 
+    async def _upsert(self, table: str, row: dict[str, Any]) -> None:
+        """Insert ``row`` into ``table``, or replace the row with its ``id``."""
+        names = list(row)
+        sql = _q(f"""
+            INSERT INTO {table} ({", ".join(names)})
+            VALUES ({", ".join(f"%({c})s" for c in names)})
+            ON CONFLICT (id) DO UPDATE SET
+                {", ".join(f"{c} = excluded.{c}" for c in names if c != "id")}
+        """)
+        await self._call(lambda conn: conn.execute(sql, row))
+
     async def _nothing(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("this PostgreSQL storage is closed")
@@ -576,14 +587,7 @@ class PostgresStorage:
         """Insert or replace the heartbeat row ``info.id``."""
         row = server_row(info, identity)._asdict()
         row["queues"] = list(info.queues)  # text[] here
-        names = list(row)
-        sql = _q(f"""
-            INSERT INTO {SERVERS} ({", ".join(names)})
-            VALUES ({", ".join(f"%({c})s" for c in names)})
-            ON CONFLICT (id) DO UPDATE SET
-                {", ".join(f"{c} = excluded.{c}" for c in names if c != "id")}
-        """)
-        await self._call(lambda conn: conn.execute(sql, row))
+        await self._upsert(SERVERS, row)
 
     async def heartbeat(self, server_id: str, now: datetime) -> bool:
         """Bump the row's heartbeat; False if it no longer exists."""
@@ -616,15 +620,7 @@ class PostgresStorage:
 
     async def upsert_recurring(self, recurring: RecurringJob) -> None:
         """Insert or replace a recurring template (by id)."""
-        row = recurring_row(recurring, identity)._asdict()
-        names = list(row)
-        sql = _q(f"""
-            INSERT INTO {RECURRING} ({", ".join(names)})
-            VALUES ({", ".join(f"%({c})s" for c in names)})
-            ON CONFLICT (id) DO UPDATE SET
-                {", ".join(f"{c} = excluded.{c}" for c in names if c != "id")}
-        """)
-        await self._call(lambda conn: conn.execute(sql, row))
+        await self._upsert(RECURRING, recurring_row(recurring, identity)._asdict())
 
     async def remove_recurring(self, recurring_id: str) -> bool:
         """Remove a template; False if there was none."""

@@ -236,6 +236,14 @@ class SQLiteStorage:
     async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         return await self._thread.write(fn)
 
+    async def _upsert(self, table: str, row: ServerRow | RecurringRow) -> None:
+        """Insert ``row`` into ``table``, or replace the row with its ``id``."""
+        sql = (
+            f"INSERT OR REPLACE INTO {table} ({', '.join(row._fields)})"
+            f" VALUES ({', '.join('?' * len(row))})"
+        )
+        await self._write(lambda conn: conn.execute(sql, row))
+
     def _check_open(self) -> None:
         if self._thread.closing:
             raise trio.ClosedResourceError("this SQLite storage is closed")
@@ -443,14 +451,7 @@ class SQLiteStorage:
 
     async def register_server(self, info: ServerInfo) -> None:
         """Insert or replace the heartbeat row ``info.id``."""
-        row = server_row(info, to_us)
-        await self._write(
-            lambda conn: conn.execute(
-                f"INSERT OR REPLACE INTO servers ({SERVER_COLUMNS})"
-                f" VALUES ({', '.join('?' * len(row))})",
-                row,
-            )
-        )
+        await self._upsert("servers", server_row(info, to_us))
 
     async def heartbeat(self, server_id: str, now: datetime) -> bool:
         """Bump the row's heartbeat; False if it no longer exists."""
@@ -509,14 +510,7 @@ class SQLiteStorage:
 
     async def upsert_recurring(self, recurring: RecurringJob) -> None:
         """Insert or replace a recurring template (by id)."""
-        row = recurring_row(recurring, to_us)
-        await self._write(
-            lambda conn: conn.execute(
-                f"INSERT OR REPLACE INTO recurring ({RECURRING_COLUMNS})"
-                f" VALUES ({', '.join('?' * len(row))})",
-                row,
-            )
-        )
+        await self._upsert("recurring", recurring_row(recurring, to_us))
 
     async def remove_recurring(self, recurring_id: str) -> bool:
         """Remove a template; False if there was none."""
