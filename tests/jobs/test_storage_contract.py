@@ -1109,3 +1109,149 @@ def test_random_operations_match_a_model(storage_url: str, ops: list[tuple[Any, 
                 )
 
     trio.run(main)
+
+
+# -- a property: cancellation stays with its caller ------------------------
+
+ISOLATION_CALLS = [
+    "enqueue",
+    "claim",
+    "apply",
+    "get",
+    "list_jobs",
+    "count_by_state",
+    "promote_due",
+    "requeue_stale",
+    "delete_expired",
+    "register_server",
+    "heartbeat",
+    "list_servers",
+    "reclaim_dead",
+    "upsert_recurring",
+    "remove_recurring",
+    "list_recurring",
+    "enqueue_due_recurring",
+    "schema_status",
+    "wait_for_work",
+]
+
+CALLERS = st.lists(
+    st.tuples(
+        st.sampled_from(ISOLATION_CALLS),
+        st.one_of(st.none(), st.integers(0, 4)),  # cancelled after this many checkpoints
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(callers=CALLERS)
+def test_cancellation_stays_with_its_caller(
+    storage_url: str, callers: list[tuple[str, int | None]]
+) -> None:
+    """Random callers of every call, some cancelled mid-call, all at once.
+
+    A caller that is not cancelled never sees ``Cancelled`` and finishes; a
+    cancelled call either happened whole (it returned) or not at all, so
+    what was accepted is stored and nothing else: an enqueue or upsert is
+    stored iff it returned, a claim took its job iff it returned.
+    """
+    tag = uuid.uuid4().hex  # examples share the store: every id is this example's own
+    past = T0 - timedelta(days=3650)  # sweeps that find nothing of anybody's
+    next_run, _ = fixed_next_run(timedelta(minutes=1))
+
+    async def main() -> None:
+        async with open_storage(storage_url) as storage:
+            claimable = {i: make_job(queue=f"{tag}-{i}") for i, _ in enumerate(callers)}
+            held = {i: make_job(queue=f"{tag}-held-{i}") for i, _ in enumerate(callers)}
+            await storage.enqueue_many([*claimable.values(), *held.values()])
+            holds = {
+                job.queue: job
+                for job in await storage.claim(
+                    queues=[job.queue for job in held.values()],
+                    worker_ids=["w"] * len(held),
+                    server_name=f"{tag}-s",
+                    now=utcnow(),
+                )
+            }
+            new_jobs = {i: make_job(queue=tag) for i, _ in enumerate(callers)}
+            returned: dict[int, object] = {}
+
+            def call(i: int, name: str) -> Any:
+                now = utcnow()
+                server = ServerInfo(f"{tag}-{i}", "s", 1, [], now, now)
+                return {
+                    "enqueue": lambda: storage.enqueue(new_jobs[i]),
+                    "claim": lambda: storage.claim(
+                        queues=[claimable[i].queue], worker_ids=["w"], server_name="s", now=now
+                    ),
+                    "apply": lambda: storage.apply(
+                        [Transition(held[i].id, holds[held[i].queue].version, Failed("x"))]
+                    ),
+                    "get": lambda: storage.get(claimable[i].id),
+                    "list_jobs": lambda: storage.list_jobs(limit=5),
+                    "count_by_state": storage.count_by_state,
+                    "promote_due": lambda: storage.promote_due(past),
+                    "requeue_stale": lambda: storage.requeue_stale(past, now),
+                    "delete_expired": lambda: storage.delete_expired(past),
+                    "register_server": lambda: storage.register_server(server),
+                    "heartbeat": lambda: storage.heartbeat(server.id, now),
+                    "list_servers": storage.list_servers,
+                    "reclaim_dead": lambda: storage.reclaim_dead(past, now),
+                    "upsert_recurring": lambda: storage.upsert_recurring(
+                        template(f"{tag}-{i}", now + timedelta(days=1))
+                    ),
+                    "remove_recurring": lambda: storage.remove_recurring(f"{tag}-none"),
+                    "list_recurring": storage.list_recurring,
+                    "enqueue_due_recurring": lambda: storage.enqueue_due_recurring(past, next_run),
+                    "schema_status": storage.schema_status,
+                    "wait_for_work": storage.wait_for_work,
+                }[name]()
+
+            async def caller(i: int, name: str, cancel_after: int | None) -> None:
+                if name == "wait_for_work" and cancel_after is None:
+                    cancel_after = 2  # it would wait for ever
+                with trio.CancelScope() as scope:
+                    if cancel_after is not None:
+
+                        async def cancel_later() -> None:
+                            for _ in range(cancel_after):
+                                await trio.lowlevel.checkpoint()
+                            scope.cancel()
+
+                        nursery.start_soon(cancel_later)
+                    try:
+                        returned[i] = await call(i, name)
+                    except trio.Cancelled:
+                        assert cancel_after is not None, f"caller {i} ({name}) got a Cancelled"
+                        raise
+                if cancel_after is None:
+                    assert i in returned, f"caller {i} ({name}) did not finish"
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    for i, (name, cancel_after) in enumerate(callers):
+                        nursery.start_soon(caller, i, name, cancel_after)
+
+            recurring = {r.id for r in await storage.list_recurring()}
+            for i, (name, _) in enumerate(callers):
+                if name == "enqueue":
+                    stored = await storage.get(new_jobs[i].id)
+                    assert (stored is not None) == (i in returned), (i, name)
+                elif name == "upsert_recurring":
+                    assert (f"{tag}-{i}" in recurring) == (i in returned), (i, name)
+                elif name == "claim":
+                    job = await storage.get(claimable[i].id)
+                    assert job is not None
+                    assert isinstance(job.state, Processing) == (i in returned), (i, name)
+                elif name == "apply":
+                    job = await storage.get(held[i].id)
+                    assert job is not None
+                    assert isinstance(job.state, Failed) == (i in returned), (i, name)
+
+    trio.run(main)
