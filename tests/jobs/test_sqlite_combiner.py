@@ -248,13 +248,35 @@ async def test_a_base_exception_in_a_call_goes_to_its_caller_only(
     traced: tuple[ConnectionThread, Traced],
 ) -> None:
     thread, _ = traced
+    running, release, slow_read = gate()
 
     def interrupted(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t VALUES ('half')")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         await thread.read(interrupted)
-    assert await thread.write(insert("fine")) == "fine"
+    await thread.write(lambda conn: conn.execute("DELETE FROM t"))  # the read autocommitted
+    results: dict[str, object] = {}
+
+    async def write(key: str, fn: Callable[[sqlite3.Connection], object]) -> None:
+        try:
+            results[key] = await thread.write(fn)
+        except KeyboardInterrupt as exc:
+            results[key] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(thread.read, slow_read)
+        await until(running)
+        nursery.start_soon(write, "a", insert("a"))
+        nursery.start_soon(write, "interrupted", interrupted)
+        nursery.start_soon(write, "b", insert("b"))
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert results["a"] == "a"
+    assert results["b"] == "b"
+    assert isinstance(results["interrupted"], KeyboardInterrupt)
+    assert await thread.read(keys) == {"a", "b"}  # the interrupted write was rolled back alone
 
 
 # -- the property ----------------------------------------------------------

@@ -318,4 +318,5 @@ class MemoryStorage:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._wakeup.notify()  # waiters return, and their next call is refused
         await trio.lowlevel.checkpoint()

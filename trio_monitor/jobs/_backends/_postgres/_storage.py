@@ -706,6 +706,7 @@ class PostgresStorage:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self._wakeup.notify()  # waiters return, and their next call is refused
 
         def notify(channel: str) -> None:
             with self._pool.connection(timeout=1.0) as conn:

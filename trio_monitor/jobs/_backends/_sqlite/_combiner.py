@@ -103,9 +103,10 @@ class ConnectionThread:
     async def write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """``fn(conn)`` on the thread, inside a write transaction shared with other writes.
 
-        An ``Exception`` from ``fn`` rolls back ``fn``'s own changes only and
-        is raised here; a failed BEGIN or COMMIT fails every write of that
-        transaction (nothing was written).
+        Anything ``fn`` raises rolls back ``fn``'s own changes only and is
+        raised here; a failed BEGIN or COMMIT fails every write of that
+        transaction (nothing was written), each caller with its own copy of
+        the error.
         """
         return await self._submit(_Call(fn, write=True))
 
@@ -190,7 +191,7 @@ class ConnectionThread:
                 conn.execute("SAVEPOINT write")
                 try:
                     results.append(outcome.Value(call.fn(conn)))
-                except Exception as exc:
+                except BaseException as exc:  # its own: the others' writes go on
                     conn.execute("ROLLBACK TO write")
                     results.append(outcome.Error(exc))
                 conn.execute("RELEASE write")

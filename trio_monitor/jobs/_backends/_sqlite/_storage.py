@@ -578,6 +578,7 @@ class SQLiteStorage:
 
     async def aclose(self) -> None:
         """Finish the calls in flight, then close the connection. Idempotent."""
+        self._wakeup.notify()  # waiters return, and their next call is refused
         await self._thread.aclose()
 
 
