@@ -188,7 +188,18 @@ async def test_duplicate_id_is_value_error_and_changes_nothing(storage: Storage)
     assert isinstance(got.state, Enqueued)
 
 
-@pytest.mark.parametrize("payload", [object(), {"x": {1, 2}}, float("nan"), {"when": T0}], ids=repr)
+def deeply_nested(depth: int = 5000) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [object(), {"x": {1, 2}}, float("nan"), {"when": T0}, deeply_nested()],
+    ids=["object", "set", "nan", "datetime", "5000-deep"],
+)
 async def test_non_json_payload_is_type_error_and_stores_nothing(
     storage: Storage, payload: object
 ) -> None:
@@ -427,6 +438,16 @@ async def test_apply_batch_applies_in_order(storage: Storage) -> None:
     assert first.version > v
     assert again is None
     assert await storage.get(job.id) == first
+
+
+async def test_a_result_too_deep_to_store_is_type_error_and_applies_nothing(
+    storage: Storage,
+) -> None:
+    await storage.enqueue(make_job())
+    (job,) = await storage.claim(queues=[], worker_ids=["w"], server_name="s", now=utcnow())
+    with pytest.raises(TypeError, match="JSON"):
+        await storage.apply([Transition(job.id, job.version, Succeeded(deeply_nested(), 0.1))])
+    assert await storage.get(job.id) == job
 
 
 async def test_apply_sets_or_keeps_attempts_and_expiry(storage: Storage) -> None:

@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
-import attrs
-
 from .._model import (
     AwaitingRetry,
     Deleted,
@@ -42,6 +40,8 @@ from .._model import (
     Succeeded,
     Transition,
     decode_state,
+    dump_json,
+    stored_state,
 )
 from .._storage import NextRun
 
@@ -108,26 +108,8 @@ def utc(value: datetime) -> datetime:
 
 # -- JSON and states -------------------------------------------------------
 
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-
-
-def dump(value: object, what: str = "payload") -> str:
-    """``value`` as compact JSON, or :class:`TypeError` naming ``what``.
-
-    Deeply nested values (Python's recursion limit) are a TypeError too:
-    they can't be stored, which is all the caller needs to know.
-    """
-    try:
-        return _ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise TypeError(f"job {what} must be JSON-serialisable: {exc}") from None
-
-
-# Per state class: its fields in order, and whether each is a datetime.
-_STATE_FIELDS: Final[dict[type[Any], tuple[tuple[str, bool], ...]]] = {
-    cls: tuple((f.name, f.type in ("datetime", datetime)) for f in attrs.fields(cls))
-    for cls in STATE_CLASSES
-}
+#: The JSON encoding of payloads, results and state fields (compact, no NaN).
+dump = dump_json
 
 
 class StateColumns(NamedTuple):
@@ -148,28 +130,11 @@ class StateColumns(NamedTuple):
 def state_columns(state: JobState) -> tuple[StateColumns, JobState]:
     """The columns storing ``state``, and the state as it will read back (in UTC).
 
-    The JSON is :func:`~trio_monitor.jobs._model.encode_state`'s, with every
-    datetime in UTC. TypeError if ``state`` is not a job state or its fields
-    do not encode; ValueError for a naive datetime.
+    The JSON is :func:`~trio_monitor.jobs._model.stored_state`'s (datetimes
+    in UTC). TypeError if ``state`` is not a job state or its fields do not
+    encode; ValueError for a naive datetime.
     """
-    try:
-        plan = _STATE_FIELDS[type(state)]
-    except KeyError:
-        raise TypeError(f"not a job state: {state!r}") from None
-    fields: dict[str, Any] = {}
-    converted = False
-    for name, is_datetime in plan:
-        value = getattr(state, name)
-        if is_datetime:
-            if value.tzinfo is not UTC:
-                value = utc(value)
-                converted = True
-            fields[name] = value.isoformat()
-        else:
-            fields[name] = value
-    data = dump(fields, "result")
-    if converted:
-        state = decode_state(state.name, data)
+    _, data, state = stored_state(state)
     due_at: datetime | None = None
     if isinstance(state, Scheduled):
         due_at = state.enqueue_at
