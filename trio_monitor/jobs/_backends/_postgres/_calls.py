@@ -23,7 +23,6 @@ its sync connections on threads. Two pieces, each usable on its own:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import uuid
 from collections.abc import Callable
@@ -36,6 +35,8 @@ import psycopg.sql
 import psycopg_pool
 import trio
 
+from ...._backoff import Backoff
+
 __all__ = ["CallRunner", "Conn", "Listener"]
 
 logger = logging.getLogger("trio_monitor.jobs.postgres")
@@ -47,6 +48,8 @@ Conn: TypeAlias = "psycopg.Connection[tuple[Any, ...]]"
 _GETCONN_SLICE = 0.1
 # How long the listener blocks between looks at its stop flag.
 _LISTEN_SLICE = 1.0
+# The listener's waits between reconnection attempts.
+_RECONNECT = Backoff(initial=0.1, multiplier=2.0, max=2.0, jitter=0.5)
 
 
 class _CancelledBeforeStart(Exception):
@@ -315,7 +318,7 @@ class Listener:
                 if self._stop.is_set():
                     return
                 failures += 1
-                delay = min(0.05 * 2**failures, 2.0) * random.uniform(0.5, 1.0)
+                delay = _RECONNECT.delay(failures)
                 logger.warning(
                     "PostgreSQL listener lost its connection (%s); reconnecting in %.2fs",
                     exc,
