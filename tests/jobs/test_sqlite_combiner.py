@@ -19,6 +19,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.cancellation import Caller, callers, run_callers
 from trio_monitor.jobs._backends._sqlite._combiner import ConnectionThread
 
 
@@ -281,25 +282,14 @@ async def test_a_base_exception_in_a_call_goes_to_its_caller_only(
 
 # -- the property ----------------------------------------------------------
 
-CALLERS = st.lists(
-    st.tuples(
-        st.sampled_from(["write", "failing", "read"]),
-        st.one_of(st.none(), st.integers(0, 3)),  # cancelled after this many yields
-    ),
-    min_size=1,
-    max_size=12,
-)
-
 
 @settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(callers=CALLERS, slow_first=st.booleans())
-def test_cancellation_stays_with_its_caller(
-    callers: list[tuple[str, int | None]], slow_first: bool
-) -> None:
+@given(drawn=callers(["write", "failing", "read"], max_size=12), slow_first=st.booleans())
+def test_cancellation_stays_with_its_caller(drawn: list[Caller], slow_first: bool) -> None:
     """Callers cancelled at random points; the others always finish as if alone.
 
     A caller that was not cancelled never sees ``Cancelled``; its write is
@@ -311,51 +301,29 @@ def test_cancellation_stays_with_its_caller(
         conn = new_connection()
         thread = ConnectionThread(conn)
         running, release, slow_read = gate()
-        returned: dict[str, bool] = {}
         try:
             await thread.write(insert("k0-dup"))
+
+            async def call(i: int, kind: str) -> object:
+                if kind == "read":
+                    return await thread.read(keys)
+                if kind == "write":
+                    return await thread.write(insert(f"k{i}"))
+                with pytest.raises(sqlite3.IntegrityError):
+                    await thread.write(insert("k0-dup"))
+                return None
+
             async with trio.open_nursery() as nursery:
                 if slow_first:
                     nursery.start_soon(thread.read, slow_read)
                     await until(running)
-
-                async def caller(i: int, kind: str, cancel_after: int | None) -> None:
-                    key = f"k{i}"
-                    with trio.CancelScope() as scope:
-                        if cancel_after is not None:
-
-                            async def cancel_later() -> None:
-                                for _ in range(cancel_after):
-                                    await trio.lowlevel.checkpoint()
-                                scope.cancel()
-
-                            nursery.start_soon(cancel_later)
-                        try:
-                            if kind == "read":
-                                await thread.read(keys)
-                            elif kind == "write":
-                                assert await thread.write(insert(key)) == key
-                            else:
-                                with pytest.raises(sqlite3.IntegrityError):
-                                    await thread.write(insert("k0-dup"))
-                            returned[key] = True
-                        except trio.Cancelled:
-                            assert cancel_after is not None, f"{key} got someone's Cancelled"
-                            raise
-
-                for i, (kind, cancel_after) in enumerate(callers):
-                    nursery.start_soon(caller, i, kind, cancel_after)
-                await trio.testing.wait_all_tasks_blocked()
-                release.set()
+                returned = await run_callers(drawn, call, then=release.set)
             stored = await thread.read(keys)
         finally:
             release.set()
             await thread.aclose()
-        for i, (kind, cancel_after) in enumerate(callers):
-            key = f"k{i}"
-            if cancel_after is None:
-                assert returned.get(key), f"{key} did not finish"
+        for i, (kind, _) in enumerate(drawn):
             if kind == "write":
-                assert (key in stored) == returned.get(key, False)
+                assert (f"k{i}" in stored) == (i in returned)
 
     trio.run(main)

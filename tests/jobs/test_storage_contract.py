@@ -23,6 +23,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.cancellation import Caller, callers, run_callers
 from tests.jobs.storage_backends import Backend, backend_params
 from trio_monitor.jobs import (
     AwaitingRetry,
@@ -1156,25 +1157,14 @@ ISOLATION_CALLS = [
     "wait_for_work",
 ]
 
-CALLERS = st.lists(
-    st.tuples(
-        st.sampled_from(ISOLATION_CALLS),
-        st.one_of(st.none(), st.integers(0, 4)),  # cancelled after this many checkpoints
-    ),
-    min_size=1,
-    max_size=10,
-)
-
 
 @settings(
     max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(callers=CALLERS)
-def test_cancellation_stays_with_its_caller(
-    storage_url: str, callers: list[tuple[str, int | None]]
-) -> None:
+@given(drawn=callers(ISOLATION_CALLS))
+def test_cancellation_stays_with_its_caller(storage_url: str, drawn: list[Caller]) -> None:
     """Random callers of every call, some cancelled mid-call, all at once.
 
     A caller that is not cancelled never sees ``Cancelled`` and finishes; a
@@ -1188,8 +1178,8 @@ def test_cancellation_stays_with_its_caller(
 
     async def main() -> None:
         async with open_storage(storage_url) as storage:
-            claimable = {i: make_job(queue=f"{tag}-{i}") for i, _ in enumerate(callers)}
-            held = {i: make_job(queue=f"{tag}-held-{i}") for i, _ in enumerate(callers)}
+            claimable = {i: make_job(queue=f"{tag}-{i}") for i, _ in enumerate(drawn)}
+            held = {i: make_job(queue=f"{tag}-held-{i}") for i, _ in enumerate(drawn)}
             await storage.enqueue_many([*claimable.values(), *held.values()])
             holds = {
                 job.queue: job
@@ -1200,8 +1190,7 @@ def test_cancellation_stays_with_its_caller(
                     now=utcnow(),
                 )
             }
-            new_jobs = {i: make_job(queue=tag) for i, _ in enumerate(callers)}
-            returned: dict[int, object] = {}
+            new_jobs = {i: make_job(queue=tag) for i, _ in enumerate(drawn)}
 
             def call(i: int, name: str) -> Any:
                 now = utcnow()
@@ -1234,33 +1223,10 @@ def test_cancellation_stays_with_its_caller(
                     "wait_for_work": storage.wait_for_work,
                 }[name]()
 
-            async def caller(i: int, name: str, cancel_after: int | None) -> None:
-                if name == "wait_for_work" and cancel_after is None:
-                    cancel_after = 2  # it would wait for ever
-                with trio.CancelScope() as scope:
-                    if cancel_after is not None:
-
-                        async def cancel_later() -> None:
-                            for _ in range(cancel_after):
-                                await trio.lowlevel.checkpoint()
-                            scope.cancel()
-
-                        nursery.start_soon(cancel_later)
-                    try:
-                        returned[i] = await call(i, name)
-                    except trio.Cancelled:
-                        assert cancel_after is not None, f"caller {i} ({name}) got a Cancelled"
-                        raise
-                if cancel_after is None:
-                    assert i in returned, f"caller {i} ({name}) did not finish"
-
-            with trio.fail_after(30):
-                async with trio.open_nursery() as nursery:
-                    for i, (name, cancel_after) in enumerate(callers):
-                        nursery.start_soon(caller, i, name, cancel_after)
+            returned = await run_callers(drawn, call, never_return={"wait_for_work"})
 
             recurring = {r.id for r in await storage.list_recurring()}
-            for i, (name, _) in enumerate(callers):
+            for i, (name, _) in enumerate(drawn):
                 if name == "enqueue":
                     stored = await storage.get(new_jobs[i].id)
                     assert (stored is not None) == (i in returned), (i, name)
