@@ -330,6 +330,36 @@ async def test_locked_database_raises_then_recovers(
         assert await storage.get(job.id) is not None
 
 
+async def test_opening_needs_no_write_lock_unless_it_migrates(
+    tmp_path: Path, locker: sqlite3.Connection
+) -> None:
+    path = tmp_path / "locked.db"
+    async with open_storage(url(path)):
+        pass
+    locker.execute("BEGIN IMMEDIATE")  # a long writer elsewhere
+    try:
+        async with open_storage(url(path, "?busy_timeout=0.05")) as storage:
+            assert await storage.list_jobs() == []  # reads go on (WAL)
+    finally:
+        locker.execute("ROLLBACK")
+
+
+async def test_a_migration_behind_a_locked_database_says_what_to_do(
+    tmp_path: Path, locker: sqlite3.Connection
+) -> None:
+    path = tmp_path / "locked.db"
+    locker.execute("PRAGMA journal_mode = WAL")
+    locker.execute("BEGIN IMMEDIATE")  # the file is new: opening must migrate
+    try:
+        with pytest.raises(sqlite3.OperationalError, match=r"locked.*busy_timeout, 0\.05s"):
+            async with open_storage(url(path, "?busy_timeout=0.05")):
+                pass
+    finally:
+        locker.execute("ROLLBACK")
+    async with open_storage(url(path)) as storage:  # and once it is free, it opens
+        assert await storage.list_jobs() == []
+
+
 async def test_apply_with_a_non_json_result_applies_nothing(tmp_path: Path) -> None:
     async with open_storage(url(tmp_path / "j.db")) as storage:
         await storage.enqueue_many([Job.new("m", 1), Job.new("m", 2)])

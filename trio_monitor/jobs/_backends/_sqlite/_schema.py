@@ -109,12 +109,22 @@ def connect(
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        _check_version(conn, path, len(migrations))  # before anything that could write
+        version = _check_version(conn, path, len(migrations))  # before anything that writes
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal" and path != ":memory:":
             logger.warning("SQLite database %r is in journal mode %r, not WAL", path, mode)
         conn.execute("PRAGMA synchronous = NORMAL")
-        transaction(conn, lambda c: _migrate(c, path, migrations))
+        if version < len(migrations):  # up to date: no write lock needed to open
+            transaction(conn, lambda c: _migrate(c, path, migrations))
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "locked" not in str(exc):
+            raise
+        raise sqlite3.OperationalError(
+            f"cannot open SQLite database {path!r}: {exc} (another connection held its"
+            f" lock longer than busy_timeout, {busy_timeout:g}s); raise it with"
+            " ?busy_timeout=SECONDS, or end the long transaction"
+        ) from exc
     except BaseException:
         conn.close()
         raise
