@@ -76,3 +76,26 @@ async def test_a_locked_database_is_logged_and_waited_out(
     # Startup recovery and claims both met the lock, logged it and went on.
     assert "could not re-enqueue stale Processing jobs" in caplog.text
     assert "database is locked" in caplog.text
+
+
+async def test_a_server_claiming_from_600_queues_runs_their_jobs(tmp_path: Path) -> None:
+    """More queues than SQLite's 500-term compound SELECT: the server still claims."""
+    queues = [f"q{i}" for i in range(600)]
+    workers = jobs.WorkerRegistry()
+
+    @workers.worker("echo")
+    async def echo(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
+        return job.payload
+
+    async with jobs.open_storage(f"sqlite:///{tmp_path / 'jobs.db'}") as storage:
+        ids = [
+            await storage.enqueue(jobs.Job.new("echo", {"queue": queue}, queue))
+            for queue in (queues[0], queues[299], queues[599])
+        ]
+        recorder = Recorder()
+        server = jobs.JobServer(
+            fast_config(queues=queues), storage, workers, on_state_change=recorder
+        )
+        async with running(server):
+            for job_id in ids:
+                await recorder.wait_state(job_id, jobs.Succeeded, within=20)
