@@ -40,7 +40,15 @@ from typing import Any, Final, TypeGuard, TypeVar, cast
 
 import trio
 
-from ._failures import EarlyTermination, Error, Panic, TaskFailure, TaskInfo, next_task_id
+from ._failures import (
+    EarlyTermination,
+    Error,
+    FailureReason,
+    Panic,
+    TaskFailure,
+    TaskInfo,
+    next_task_id,
+)
 
 __all__ = [
     "FailurePolicy",
@@ -281,7 +289,7 @@ def not_isolated(group: BaseExceptionGroup[BaseException]) -> BaseException:
 class TaskState:
     """The supervisor's record of one task. Internal; handles wrap it."""
 
-    __slots__ = ("_done_event", "aborted", "done", "id", "meta", "name", "scope")
+    __slots__ = ("_done_event", "aborted", "done", "id", "meta", "name", "scope", "verdict")
 
     def __init__(self, name: str, meta: object = None) -> None:
         self.id: int = next_task_id()
@@ -293,6 +301,8 @@ class TaskState:
         self.scope: trio.CancelScope | None = None
         self.aborted = False
         self.done = False
+        # Why the supervisor cancelled it as failed (a watchdog's Hung), if it did.
+        self.verdict: FailureReason | None = None
         self._done_event: trio.Event | None = None
 
     @property
@@ -309,6 +319,20 @@ class TaskState:
         """
         self.aborted = True
         if self.scope is not None:
+            self.scope.cancel()
+
+    def fail(self, reason: FailureReason) -> None:
+        """Cancel the task as failed: it is reported with ``reason``.
+
+        For failures only the supervisor can see (a missed heartbeat): the
+        verdict wins over whatever the task then does while it is being
+        cancelled. An intentional stop still wins over the verdict: once
+        :meth:`abort` was called (before or after), nothing is reported.
+        """
+        if self.aborted or self.done:
+            return
+        self.verdict = reason
+        if self.scope is not None:  # else it starts cancelled (see _run)
             self.scope.cancel()
 
     def mark_done(self) -> None:
@@ -448,6 +472,10 @@ class SupervisedNursery:
                         if body is resume:
                             args[0].close()
                     else:
+                        if state.verdict is not None:
+                            # Failed by the supervisor before its first step:
+                            # it starts cancelled (see fail).
+                            state.scope.cancel()
                         # capture(), inline: no frame of its own per task.
                         try:
                             await body(*args)
@@ -463,9 +491,14 @@ class SupervisedNursery:
                 exc = group
         finally:
             self._forget(state)
-        if state.aborted or self._closing or (exc is None and not policy.runs_forever):
-            return  # stopped on purpose, or a one-shot task's success
-        reason = policy.classify(returned, exc)
+        if state.aborted or self._closing:
+            return
+        if state.verdict is not None:
+            reason: FailureReason | None = state.verdict
+        elif exc is None and not policy.runs_forever:
+            return  # a one-shot task's success: nothing to classify
+        else:
+            reason = policy.classify(returned, exc)
         if reason is not None and not is_outer_cancelled():
             self._deliver(state, TaskFailure(state.info, reason))
 

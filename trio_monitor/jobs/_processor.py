@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 import attrs
 import trio
 
+from .._validate import MAX_SECONDS, attrs_count, attrs_fraction, attrs_seconds
 from ._model import (
     AwaitingRetry,
     Enqueued,
@@ -46,27 +47,11 @@ StateChangeHook = Callable[[Job, JobState, JobState], None]
 REQUEUE_TIMEOUT = 5.0
 
 
-def _non_negative(name: str) -> Callable[[object, attrs.Attribute[float], float], None]:
-    def check(_instance: object, _attribute: attrs.Attribute[float], value: float) -> None:
-        if not isinstance(value, int | float) or math.isnan(value) or value < 0:
-            raise ValueError(f"RetryPolicy.{name} must be a number >= 0, got {value!r}")
-
-    return check
-
-
-def _check_max_attempts(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"RetryPolicy.max_attempts must be an int >= 1, got {value!r}")
-
-
-def _check_multiplier(_instance: object, _attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, int | float) or math.isnan(value) or value < 1:
-        raise ValueError(f"RetryPolicy.multiplier must be a number >= 1, got {value!r}")
-
-
-def _check_jitter(_instance: object, _attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"RetryPolicy.jitter must be a fraction in [0, 1], got {value!r}")
+def _check_multiplier(_instance: object, _attribute: object, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"RetryPolicy.multiplier must be a number, not {value!r}")
+    if not value >= 1 or math.isinf(value):
+        raise ValueError(f"RetryPolicy.multiplier must be a finite number >= 1, not {value!r}")
 
 
 @attrs.frozen
@@ -87,11 +72,18 @@ class RetryPolicy:
       jitter (float): Fraction of the delay added or taken at random (0-1).
     """
 
-    max_attempts: int = attrs.field(default=3, validator=_check_max_attempts)
-    initial_delay: float = attrs.field(default=1.0, validator=_non_negative("initial_delay"))
+    max_attempts: int = attrs.field(
+        default=3, validator=attrs_count("RetryPolicy", "max_attempts", minimum=1)
+    )
+    initial_delay: float = attrs.field(
+        default=1.0,
+        validator=attrs_seconds("RetryPolicy", "initial_delay", maximum=MAX_SECONDS),
+    )
     multiplier: float = attrs.field(default=2.0, validator=_check_multiplier)
-    max_delay: float = attrs.field(default=300.0, validator=_non_negative("max_delay"))
-    jitter: float = attrs.field(default=0.1, validator=_check_jitter)
+    max_delay: float = attrs.field(
+        default=300.0, validator=attrs_seconds("RetryPolicy", "max_delay", allow_inf=True)
+    )
+    jitter: float = attrs.field(default=0.1, validator=attrs_fraction("RetryPolicy", "jitter"))
 
     def base_delay(self, attempt: int) -> float:
         """The delay after failed attempt ``attempt`` before jitter."""

@@ -29,6 +29,7 @@ import trio
 from .._core import FINITE, SupervisedNursery, TaskState, open_component
 from .._failures import TaskFailure
 from .._token import ShutdownToken
+from .._validate import MAX_SECONDS, check_count, check_seconds, check_str
 from ._cron import next_run, validate_cron
 from ._model import (
     AwaitingRetry,
@@ -84,9 +85,8 @@ def _queues(value: Sequence[str]) -> list[str]:
     if isinstance(value, str):
         raise TypeError(f"ServerConfig.queues must be a list of queue names, not the str {value!r}")
     queues = list(value)
-    for queue in queues:
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"ServerConfig.queues must hold non-empty strs, got {queue!r}")
+    for index, queue in enumerate(queues):
+        check_str(f"ServerConfig.queues[{index}]", queue)
     return queues
 
 
@@ -130,7 +130,9 @@ class ServerConfig:
         several ``heartbeat_interval`` s long.
 
     Raises:
-      ValueError: a negative count or a non-positive interval (naming it).
+      TypeError: a field of the wrong type (naming it).
+      ValueError: a negative count, a non-positive interval, or a duration
+        longer than about 95 years (naming it).
     """
 
     server_name: str = "qml-server"
@@ -154,22 +156,17 @@ class ServerConfig:
     dead_server_timeout: float = 60.0
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.server_name, str) or not self.server_name:
-            raise ValueError(
-                f"ServerConfig.server_name must be a non-empty str, not {self.server_name!r}"
-            )
+        # The shared rule: wrong type -> TypeError, bad value -> ValueError.
+        check_str("ServerConfig.server_name", self.server_name)
         for name, least in _COUNTS.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"ServerConfig.{name} must be an int >= {least}, got {value!r}")
+            check_count(f"ServerConfig.{name}", getattr(self, name), minimum=least)
         for name in (*_INTERVALS, *_NON_NEGATIVE):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-                raise ValueError(f"ServerConfig.{name} must be a number of seconds, got {value!r}")
-            if name in _INTERVALS and value <= 0:
-                raise ValueError(f"ServerConfig.{name} must be > 0 seconds, got {value!r}")
-            if value < 0:
-                raise ValueError(f"ServerConfig.{name} must be >= 0 seconds, got {value!r}")
+            check_seconds(
+                f"ServerConfig.{name}",
+                getattr(self, name),
+                positive=name in _INTERVALS,
+                maximum=MAX_SECONDS,
+            )
 
 
 # -- the clock ------------------------------------------------------------
