@@ -34,7 +34,7 @@ from trio_monitor._core import (
     is_outer_cancelled,
     open_component,
 )
-from trio_monitor._failures import describe_exception, describe_reason
+from trio_monitor._failures import Hung, describe_exception, describe_reason
 
 
 async def nothing() -> None:
@@ -143,6 +143,34 @@ async def test_supervisor_reports_synchronously_and_forgets(
         supervisor.close()
     with pytest.raises(RuntimeError, match="closed"):
         supervisor.spawn("late", nothing, (), FINITE)
+
+
+async def test_a_task_failed_or_aborted_before_its_first_step(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A task's cancel scope is made when it starts: a verdict or an abort
+    # given before that still holds. Failed: it starts cancelled, and the
+    # verdict is reported whatever the body makes of it. Aborted: the body
+    # never runs, and nothing is reported.
+    reports: list[TaskFailure] = []
+    steps: list[str] = []
+
+    async def body(name: str) -> None:
+        steps.append(name)
+        await trio.sleep(1)
+        steps.append(name + " woke")  # pragma: no cover - cancelled first
+
+    async with trio.open_nursery() as nursery:
+        supervisor = SupervisedNursery(nursery, reports.append)
+        failed = supervisor.spawn("failed", body, ("failed",), FINITE)
+        aborted = supervisor.spawn("aborted", body, ("aborted",), FINITE)
+        assert failed.scope is None
+        failed.fail(Hung(5.0))
+        aborted.abort()
+        await supervisor.wait_idle()
+        supervisor.close()
+    assert steps == ["failed"]
+    assert [(r.task, r.reason) for r in reports] == [(failed.info, Hung(5.0))]
 
 
 async def test_on_failure_sees_the_state_before_report(
