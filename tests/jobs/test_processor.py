@@ -26,6 +26,7 @@ def server_for(
         storage,
         workers,
         retry_policy=retry_policy,
+        clock=jobs.TrioWallClock(),
         middleware=middleware,
         on_state_change=recorder,
     )
@@ -115,10 +116,10 @@ async def test_job_timeout_is_a_failed_attempt(
         job_id = await server.enqueue("hang", None)
         change = await recorder.wait_state(job_id, jobs.Failed, within=1000)
     assert isinstance(change.new, jobs.Failed)
-    assert change.new.error == "timed out after 7.5s"
+    assert change.new.error == "TimeoutError: timed out after 7.5s"
     assert [t - start for t in cancelled] == pytest.approx([7.5, 7.5 + 1.0 + 7.5], abs=1e-3)
     retry = next(c for c in recorder.of(job_id) if isinstance(c.new, jobs.AwaitingRetry))
-    assert retry.new.error == "timed out after 7.5s"  # type: ignore[union-attr]
+    assert retry.new.error == "TimeoutError: timed out after 7.5s"  # type: ignore[union-attr]
 
 
 async def test_middleware_runs_first_outermost(storage: jobs.Storage) -> None:
@@ -202,7 +203,8 @@ async def test_worker_context(storage: jobs.Storage) -> None:
         await recorder.wait_state(job_id, jobs.Succeeded)
     assert [c.attempt for c in contexts] == [1, 2]
     assert {c.worker_id for c in contexts} == {"test:worker:0"}
-    assert {c.server_name for c in contexts} == {"test"}
+    assert len({c.server_name for c in contexts}) == 1
+    assert contexts[0].server_name.startswith("test#")  # heartbeats on: name#uuid
     assert contexts[0].cancel is contexts[1].cancel  # one token per start
     assert contexts[0].cancel.is_set()  # set by stop()
 

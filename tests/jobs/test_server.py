@@ -33,6 +33,7 @@ def make_server(
         storage,
         workers,
         retry_policy=retry_policy,
+        clock=jobs.TrioWallClock(),
         on_state_change=recorder,
     )
 
@@ -171,7 +172,7 @@ async def test_job_processing(storage: jobs.Storage) -> None:
     assert job.expires_at is not None
     claim = recorder.of(job_id)[0]
     assert isinstance(claim.new, jobs.Processing)
-    assert claim.new.server_name == "test"  # heartbeats off: the configured name
+    assert claim.new.server_name.startswith("test#")  # heartbeats on by default: name#uuid
     assert claim.new.worker_id == "test:worker:0"
     assert recorder.kinds(job_id) == [("enqueued", "processing"), ("processing", "succeeded")]
 
@@ -772,7 +773,7 @@ def test_server_config_defaults() -> None:
     assert config.cleanup_interval == 60.0
     assert config.succeeded_ttl == 86400.0
     assert config.failed_ttl == 604800.0
-    assert config.enable_heartbeat is False
+    assert config.enable_heartbeat is True  # SPEC 4b: liveness on by default
     assert config.heartbeat_interval == 10.0
     assert config.dead_server_timeout == 60.0
     assert jobs.ServerConfig(worker_count=0).worker_count == 0
