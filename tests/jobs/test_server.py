@@ -16,26 +16,15 @@ import pytest
 import trio
 import trio.testing
 
-from tests.jobs.server_helpers import FAST, QUICK_RETRIES, Recorder, fast_config, running
+from tests.jobs.server_helpers import (
+    FAST,
+    Recorder,
+    fast_config,
+    make_server,
+    running,
+)
 from trio_monitor import ShutdownToken, jobs
 from trio_monitor.jobs._memory import MemoryStorage
-
-
-def make_server(
-    storage: jobs.Storage,
-    workers: jobs.WorkerRegistry,
-    recorder: Recorder | None = None,
-    retry_policy: jobs.RetryPolicy = QUICK_RETRIES,
-    **config: Any,
-) -> jobs.JobServer:
-    return jobs.JobServer(
-        fast_config(**config),
-        storage,
-        workers,
-        retry_policy=retry_policy,
-        clock=jobs.TrioWallClock(),
-        on_state_change=recorder,
-    )
 
 
 def echo_workers() -> tuple[jobs.WorkerRegistry, list[jobs.Job]]:

@@ -21,7 +21,7 @@ import trio.testing
 
 from tests.hostile import Misbehaviour, UnprintableError, run_misbehaving
 from tests.jobs.faulty import Fault, FaultyStorage
-from tests.jobs.server_helpers import QUICK_RETRIES, Recorder, fast_config, running
+from tests.jobs.server_helpers import Recorder, fast_config, make_server, running
 from trio_monitor import jobs
 from trio_monitor._validate import MAX_SECONDS
 from trio_monitor.jobs._processor import MAX_ERROR_CHARS
@@ -29,27 +29,6 @@ from trio_monitor.jobs._processor import MAX_ERROR_CHARS
 #: Every way a job may misbehave while cancelled, but blocking in a thread
 #: (which MockClock cannot wait for; tested on the real clock below).
 IN_TRIO = [how for how in Misbehaviour if how is not Misbehaviour.BLOCK_IN_THREAD]
-
-
-def make_server(
-    storage: jobs.Storage,
-    workers: jobs.WorkerRegistry,
-    recorder: Recorder | None = None,
-    *,
-    retry_policy: jobs.RetryPolicy = QUICK_RETRIES,
-    clock: jobs.WallClock | None = None,
-    middleware: tuple[Any, ...] = (),
-    **config: Any,
-) -> jobs.JobServer:
-    return jobs.JobServer(
-        fast_config(**config),
-        storage,
-        workers,
-        retry_policy=retry_policy,
-        on_state_change=recorder,
-        middleware=middleware,
-        clock=clock if clock is not None else jobs.TrioWallClock(),
-    )
 
 
 def misbehaving_workers(how: Misbehaviour, started: trio.Event) -> jobs.WorkerRegistry:
@@ -73,99 +52,74 @@ async def stored(storage: jobs.Storage, job_id: str) -> jobs.Job:
 # -- intentional stops are never failures (SPEC 4b) ------------------------------
 
 
-@pytest.mark.parametrize("how", IN_TRIO, ids=[how.value for how in IN_TRIO])
-async def test_a_stop_past_shutdown_timeout_is_never_a_failed_attempt(
-    memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock, how: Misbehaviour
+async def stop_mid_job(
+    storage: jobs.Storage,
+    workers: jobs.WorkerRegistry,
+    started: trio.Event,
+    *,
+    cancel: bool = False,
+    shutdown_timeout: float = 1.0,
 ) -> None:
-    started = trio.Event()
+    """Run the job ``job`` once (with max_attempts=1) and stop its server mid-run.
+
+    ``stop()`` past ``shutdown_timeout``, or (``cancel``) an outer
+    cancellation. Then check the job was put back with its attempt uncounted.
+    """
     recorder = Recorder()
     server = make_server(
-        memory_storage,
-        misbehaving_workers(how, started),
+        storage,
+        workers,
         recorder,
         retry_policy=jobs.RetryPolicy(max_attempts=1),
         worker_count=1,
-        shutdown_timeout=1.0,
+        shutdown_timeout=shutdown_timeout,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         job_id = await server.enqueue("job", None)
         await started.wait()
-        await server.stop()
-    job = await stored(memory_storage, job_id)
+        if cancel:
+            nursery.cancel_scope.cancel()
+        else:
+            await server.stop()
+    assert not server.is_running
+    job = await stored(storage, job_id)
     assert isinstance(job.state, jobs.Enqueued), job.state
     assert job.attempts == 0
     assert recorder.kinds(job_id) == [("enqueued", "processing"), ("processing", "enqueued")]
 
 
+@pytest.mark.parametrize("cancel", [False, True], ids=["stop", "outer-cancel"])
 @pytest.mark.parametrize("how", IN_TRIO, ids=[how.value for how in IN_TRIO])
-async def test_an_outer_cancellation_is_never_a_failed_attempt(
-    memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock, how: Misbehaviour
+async def test_an_intentional_stop_is_never_a_failed_attempt(
+    memory_storage: jobs.Storage,
+    autojump_clock: trio.testing.MockClock,
+    how: Misbehaviour,
+    cancel: bool,
 ) -> None:
     started = trio.Event()
-    server = make_server(
-        memory_storage,
-        misbehaving_workers(how, started),
-        retry_policy=jobs.RetryPolicy(max_attempts=1),
-        worker_count=1,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        job_id = await server.enqueue("job", None)
-        await started.wait()
-        nursery.cancel_scope.cancel()
-    assert not server.is_running
-    job = await stored(memory_storage, job_id)
-    assert isinstance(job.state, jobs.Enqueued), job.state
-    assert job.attempts == 0
+    await stop_mid_job(memory_storage, misbehaving_workers(how, started), started, cancel=cancel)
 
 
 async def test_a_reset_in_finally_during_a_stop_is_requeued_on_every_backend(
     storage: jobs.Storage,
 ) -> None:
     started = trio.Event()
-    server = make_server(
-        storage,
-        misbehaving_workers(Misbehaviour.RAISE_IN_FINALLY, started),
-        retry_policy=jobs.RetryPolicy(max_attempts=1),
-        worker_count=1,
-        shutdown_timeout=0.05,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        job_id = await server.enqueue("job", None)
-        await started.wait()
-        await server.stop()
-    job = await stored(storage, job_id)
-    assert isinstance(job.state, jobs.Enqueued), job.state
-    assert job.attempts == 0
+    workers = misbehaving_workers(Misbehaviour.RAISE_IN_FINALLY, started)
+    await stop_mid_job(storage, workers, started, shutdown_timeout=0.05)
 
 
 async def test_a_job_blocked_in_a_thread_at_the_stop_is_requeued(storage: jobs.Storage) -> None:
     workers = jobs.WorkerRegistry()
     started = trio.Event()
 
-    @workers.worker("thread")
+    @workers.worker("job")
     async def in_thread(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
         started.set()
         await trio.to_thread.run_sync(time.sleep, 0.3)  # deaf to cancellation
         return "late"
 
-    server = make_server(
-        storage,
-        workers,
-        retry_policy=jobs.RetryPolicy(max_attempts=1),
-        worker_count=1,
-        shutdown_timeout=0.05,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        job_id = await server.enqueue("thread", None)
-        await started.wait()
-        await server.stop()
-    job = await stored(storage, job_id)
-    assert isinstance(job.state, jobs.Enqueued), job.state
-    assert job.attempts == 0
+    await stop_mid_job(storage, workers, started, shutdown_timeout=0.05)
 
 
 # -- hostile exceptions ------------------------------------------------------------

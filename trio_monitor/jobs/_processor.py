@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-import math
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
@@ -28,7 +27,13 @@ import trio
 from .._backoff import Backoff
 from .._core import capture, is_outer_cancelled
 from .._failures import describe_exception
-from .._validate import MAX_SECONDS, attrs_count, attrs_fraction, attrs_seconds
+from .._validate import (
+    MAX_SECONDS,
+    attrs_count,
+    attrs_fraction,
+    attrs_multiplier,
+    attrs_seconds,
+)
 from ._model import (
     AwaitingRetry,
     Enqueued,
@@ -52,13 +57,6 @@ StateChangeHook = Callable[[Job, JobState, JobState], None]
 #: How long a cancelled job's requeue may take before it is given up (the
 #: job is then left to the stale sweep or dead-server reclaim).
 REQUEUE_TIMEOUT = 5.0
-
-
-def _check_multiplier(_instance: object, _attribute: object, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"RetryPolicy.multiplier must be a number, not {value!r}")
-    if not (math.isfinite(value) and value >= 1):
-        raise ValueError(f"RetryPolicy.multiplier must be a finite number >= 1, not {value!r}")
 
 
 @attrs.frozen
@@ -93,7 +91,9 @@ class RetryPolicy:
         default=1.0,
         validator=attrs_seconds("RetryPolicy", "initial_delay", maximum=MAX_SECONDS),
     )
-    multiplier: float = attrs.field(default=2.0, validator=_check_multiplier)
+    multiplier: float = attrs.field(
+        default=2.0, validator=attrs_multiplier("RetryPolicy", "multiplier")
+    )
     max_delay: float = attrs.field(
         default=300.0, validator=attrs_seconds("RetryPolicy", "max_delay", allow_inf=True)
     )
