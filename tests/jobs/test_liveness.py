@@ -51,7 +51,7 @@ def test_a_peer_is_dead_only_once_its_heartbeat_stood_still_for_the_timeout(
             wall += timedelta(microseconds=1)
         bumps.append((k * interval, wall))
     stopped_at = bumps[-1][0]  # its last bump
-    liveness = Liveness("me#1", TIMEOUT, stale_processing_after=1e6)
+    liveness = Liveness("me#1", TIMEOUT, stale_processing_after=1e6, unique_id=True)
     job = peer_job()
     previous_look: float | None = None
     for mono in sorted(looks):
@@ -83,8 +83,23 @@ def test_a_claim_without_a_heartbeat_row_is_stranded_once_stale(
     job = jobs.Job.new("m", None, now=EPOCH)
     now = EPOCH + timedelta(seconds=1000)
     job.state = jobs.Processing(now - timedelta(seconds=age), "w", "plain-name")
-    liveness = Liveness("me#1", TIMEOUT, stale_processing_after=stale_after)
+    liveness = Liveness("me#1", TIMEOUT, stale_processing_after=stale_after, unique_id=True)
     verdict = liveness.judge([], [job], held={job.id} if held else set(), now=now, mono=0.0)
     expected = not held and age > stale_after
     assert verdict.stranded == ([job] if expected else [])
     assert verdict.dead == []
+
+
+@given(unique=st.booleans(), held=st.booleans(), settled=st.booleans())
+def test_our_own_claims_we_do_not_hold_are_lost_ones(
+    unique: bool, held: bool, settled: bool
+) -> None:
+    job = jobs.Job.new("m", None, now=EPOCH)
+    job.state = jobs.Processing(EPOCH, "w", "me#1")
+    liveness = Liveness("me#1", TIMEOUT, stale_processing_after=1e6, unique_id=unique)
+    rows = [jobs.ServerInfo("me#1", "me", 1, [], EPOCH, EPOCH)]
+    verdict = liveness.judge(
+        rows, [job], held={job.id} if held else set(), settled=settled, now=EPOCH, mono=0.0
+    )
+    # Only with a unique identity, not held, and no claim in flight.
+    assert verdict.stranded == ([job] if unique and not held and settled else [])

@@ -401,6 +401,34 @@ async def test_a_dead_peers_jobs_are_reclaimed_while_the_server_runs(
         assert job.attempts == 2  # the lost attempt stays counted
 
 
+async def test_a_claim_of_its_own_that_it_lost_is_requeued(
+    memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A job stored as claimed by this very server start, that none of its
+    # workers holds (a release whose write failed, say).
+    workers = jobs.WorkerRegistry()
+
+    @workers.worker("ok")
+    async def ok(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
+        return job.payload
+
+    recorder = Recorder()
+    clock = jobs.TrioWallClock()
+    server = make_server(memory_storage, workers, recorder, clock=clock, heartbeat_interval=1.0)
+    async with running(server):
+        identity = server.server_id
+        assert identity is not None
+        lost = jobs.Job.new("ok", "lost", now=clock())
+        lost.state = jobs.Processing(clock(), "test:worker:0", identity)
+        lost.attempts = 1
+        await memory_storage.enqueue(lost)
+        start = trio.current_time()
+        requeued = await recorder.wait_state(lost.id, jobs.Enqueued, within=100)
+        await recorder.wait_state(lost.id, jobs.Succeeded, within=100)
+    assert requeued.at - start <= 2 * 1.0
+    assert (await stored(memory_storage, lost.id)).attempts == 2
+
+
 @pytest.mark.parametrize("step", [120.0, -120.0])
 async def test_a_wall_clock_step_never_makes_a_live_server_look_dead(
     memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock, step: float

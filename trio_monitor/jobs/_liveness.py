@@ -14,6 +14,10 @@ Jobs of servers that have no heartbeat row (a server running without
 heartbeats, or one that deregistered leaving a claim behind) can only be
 judged by their claim time: they are stranded once claimed more than
 ``stale_processing_after`` ago, by this server's wall clock.
+
+A job stamped with this server's own identity (unique per start, with
+heartbeats on) that this server does not hold was lost by a bug: it is
+stranded at once, once no claim was in flight while it was looked at.
 """
 
 from __future__ import annotations
@@ -51,12 +55,24 @@ class Liveness:
         may stay the same before it is dead.
       stale_processing_after: Age (wall clock) after which a claim by a
         server without a row is stranded.
+      unique_id: Whether ``own_id`` is unique to this start (``name#uuid``,
+        heartbeats on). Only then are jobs stamped with it that this server
+        does not hold its own lost jobs; a plain name may be shared with a
+        previous run or another process.
     """
 
-    __slots__ = ("_dead_after", "_own_id", "_seen", "_stale_after")
+    __slots__ = ("_dead_after", "_own_id", "_seen", "_stale_after", "_unique_id")
 
-    def __init__(self, own_id: str, dead_server_timeout: float, stale_processing_after: float):
+    def __init__(
+        self,
+        own_id: str,
+        dead_server_timeout: float,
+        stale_processing_after: float,
+        *,
+        unique_id: bool,
+    ) -> None:
         self._own_id = own_id
+        self._unique_id = unique_id
         self._dead_after = dead_server_timeout
         self._stale_after = timedelta(seconds=stale_processing_after)
         # server id -> (heartbeat stamp last seen, monotonic time it was first seen)
@@ -68,15 +84,19 @@ class Liveness:
         processing: Sequence[Job],
         *,
         held: Collection[str],
+        settled: bool = True,
         now: datetime,
         mono: float,
     ) -> Verdict:
         """Which of ``processing`` are stranded, and which peers are dead.
 
         ``held`` are the ids of the jobs this server holds (claimed and not
-        yet written back): never stranded, whatever name they carry. ``now``
-        is the wall clock, ``mono`` :func:`trio.current_time`, both read
-        just after ``servers`` and ``processing`` were.
+        yet written back): never stranded, whatever name they carry.
+        ``settled`` says that no claim of this server was in flight while
+        ``processing`` was read, so that its own jobs it does not hold are
+        lost ones. ``now`` is the wall clock, ``mono``
+        :func:`trio.current_time`, both read just after ``servers`` and
+        ``processing`` were.
         """
         rows: set[str] = set()
         dead: list[str] = []
@@ -102,7 +122,10 @@ class Liveness:
             state = job.state
             if not isinstance(state, Processing) or job.id in held:
                 continue
-            if state.server_name in rows:
+            if self._unique_id and state.server_name == self._own_id:
+                if settled:
+                    stranded.append(job)
+            elif state.server_name in rows:
                 if state.server_name in dead_set:
                     stranded.append(job)
             elif state.started_at < stale_before:

@@ -570,7 +570,10 @@ class _ServerRun:
             notify=self.notify,
         )
         self.liveness = Liveness(
-            self.identity, config.dead_server_timeout, config.stale_processing_after
+            self.identity,
+            config.dead_server_timeout,
+            config.stale_processing_after,
+            unique_id=config.enable_heartbeat,
         )
         self._last_stamp: datetime | None = None
         # Consecutive failures of each loop's storage calls, for its backoff.
@@ -587,8 +590,11 @@ class _ServerRun:
         }
         self._idle: list[str] = []
         self._idle_changed = trio.Event()
-        # Ids of the jobs this server holds: claimed, and not yet decided.
+        # Ids of the jobs this server holds: claimed, and their outcome not
+        # yet written. Counts claims started and ended: odd while one is in
+        # flight (its jobs are in storage as ours, not yet held).
         self._held: set[str] = set()
+        self._claims = 0
         # Outcomes waiting for the committer: (job as claimed, transition).
         self._pending: list[tuple[Job, Transition]] = []
         self._pending_changed = trio.Event()
@@ -686,7 +692,6 @@ class _ServerRun:
             if job is not None:
                 # Its attempt stays counted: if the job itself triggers the
                 # bug, max_attempts ends it instead of killing workers for ever.
-                self._held.discard(job.id)
                 self._commit(job, self.processor.requeue_counted(job))
         if not stopping:
             task.failures += 1
@@ -959,9 +964,17 @@ class _ServerRun:
                 )
                 await self.storage.register_server(self._server_info(stamp))
         servers = await self.storage.list_servers()
+        claims = self._claims
         processing = await self.storage.list_jobs(state=Processing)
         verdict = self.liveness.judge(
-            servers, processing, held=self._held, now=self.now(), mono=trio.current_time()
+            servers,
+            processing,
+            held=self._held,
+            # A claim in flight meanwhile may have stored jobs as ours that
+            # we do not hold yet: judge our own jobs another time.
+            settled=claims == self._claims and claims % 2 == 0,
+            now=self.now(),
+            mono=trio.current_time(),
         )
         if verdict.stranded:
             now = self.now()
@@ -1011,14 +1024,18 @@ class _ServerRun:
                 async def claim(
                     worker_ids: list[str] = worker_ids, claimed: list[Job] = claimed
                 ) -> None:
-                    claimed.extend(
-                        await self.storage.claim(
+                    self._claims += 1  # odd while a claim is in flight
+                    try:
+                        got = await self.storage.claim(
                             queues=config.queues,
                             worker_ids=worker_ids,
                             server_name=self.identity,
                             now=self.now(),
                         )
-                    )
+                        self._held.update(job.id for job in got)
+                        claimed.extend(got)
+                    finally:
+                        self._claims += 1
 
                 if not await self._tick("claim", claim):
                     continue
@@ -1026,9 +1043,8 @@ class _ServerRun:
                 if undelivered:
                     # Their workers are gone (cancelled by a stop past its
                     # deadline, or died by a bug).
-                    for job in undelivered:
-                        self._held.discard(job.id)
                     await self.processor.release(undelivered)
+                    self._held.difference_update(job.id for job in undelivered)
                 if len(claimed) < len(worker_ids):
                     # Nothing more to claim: wait for an enqueue or poll later.
                     with trio.move_on_after(config.polling_interval):
@@ -1045,7 +1061,6 @@ class _ServerRun:
         state = job.state
         assert isinstance(state, Processing), job
         self._idle.remove(state.worker_id)
-        self._held.add(job.id)
         self.notify(job, Enqueued(state.started_at), state)
         mailbox = self.slots[state.worker_id].mailbox
         if mailbox is None:
@@ -1070,8 +1085,8 @@ class _ServerRun:
                     attempt=job.attempts,
                 )
                 transition = await self.processor.process(job, ctx)
-                slot.current = None
                 self._commit(job, transition)
+                slot.current = None
                 self._mark_idle(slot.worker_id)
         finally:
             if slot.mailbox is send:
@@ -1085,14 +1100,12 @@ class _ServerRun:
                     break
             mailbox.close()
             if undelivered:
-                for job in undelivered:
-                    self._held.discard(job.id)
                 await self.processor.release(undelivered)
+                self._held.difference_update(job.id for job in undelivered)
 
     # -- group commit -----------------------------------------------------
 
     def _commit(self, job: Job, transition: Transition) -> None:
-        self._held.discard(job.id)
         self._pending.append((job, transition))
         self._pending_changed.set()
         if isinstance(transition.state, AwaitingRetry):
@@ -1133,6 +1146,8 @@ class _ServerRun:
                     try:
                         stored = await self.storage.apply([t for _, t in left])
                     except Exception:
+                        for job, _ in left:
+                            self._held.discard(job.id)
                         logger.exception(
                             "job server %r: %d outcome(s) lost",
                             self.identity,
@@ -1144,6 +1159,7 @@ class _ServerRun:
 
     def _written(self, batch: list[tuple[Job, Transition]], stored: list[Job | None]) -> None:
         for (job, transition), now_stored in zip(batch, stored, strict=True):
+            self._held.discard(job.id)
             if now_stored is None:
                 logger.warning(
                     "job %s changed while it ran (reclaimed or deleted); its %s outcome is dropped",
