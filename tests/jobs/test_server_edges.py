@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from tests.jobs.faulty import Fault, FaultyStorage
 from tests.jobs.server_helpers import Recorder, fast_config, make_server, running
 from trio_monitor import jobs
 from trio_monitor._validate import MAX_SECONDS
+from trio_monitor.jobs._model import utcnow
 from trio_monitor.jobs._processor import MAX_ERROR_CHARS
 
 #: Every way a job may misbehave while cancelled, but blocking in a thread
@@ -399,6 +400,36 @@ async def test_a_dead_peers_jobs_are_reclaimed_while_the_server_runs(
     for job_id in (orphan.id, stale.id):
         job = await stored(memory_storage, job_id)
         assert job.attempts == 2  # the lost attempt stays counted
+
+
+async def test_the_startup_sweep_reclaims_stale_claims_of_long_silent_rows_at_once(
+    storage: jobs.Storage,
+) -> None:
+    workers = jobs.WorkerRegistry()
+
+    @workers.worker("ok")
+    async def ok(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
+        return None
+
+    now = datetime.now(UTC)
+    hour_ago = now - timedelta(hours=1)
+    await storage.register_server(jobs.ServerInfo("gone#1", "gone", 1, [], hour_ago, hour_ago))
+    stale = jobs.Job.new("ok", None, now=hour_ago)
+    stale.state = jobs.Processing(hour_ago, "gone:worker:0", "gone#1")
+    stale.attempts = 1
+    await storage.enqueue(stale)
+    # Claimed just now by a server whose row is an hour old: not stale yet.
+    fresh = jobs.Job.new("ok", None, now=now)
+    fresh.state = jobs.Processing(now, "gone:worker:1", "gone#1")
+    await storage.enqueue(fresh)
+    recorder = Recorder()
+    server = make_server(
+        storage, workers, recorder, clock=utcnow, worker_count=0, dead_server_timeout=600.0
+    )
+    async with running(server):
+        # Before run() reported itself started: as SPEC 4 says.
+        assert recorder.kinds(stale.id) == [("processing", "enqueued")]
+        assert recorder.kinds(fresh.id) == []
 
 
 async def test_a_claim_of_its_own_that_it_lost_is_requeued(

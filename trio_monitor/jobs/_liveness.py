@@ -13,7 +13,12 @@ clock, forwards or back, is still a change.
 Jobs of servers that have no heartbeat row (a server running without
 heartbeats, or one that deregistered leaving a claim behind) can only be
 judged by their claim time: they are stranded once claimed more than
-``stale_processing_after`` ago, by this server's wall clock.
+``stale_processing_after`` ago, by this server's wall clock. The same holds
+for a job whose server's row has not been bumped for
+``stale_processing_after`` either (five minutes by default: far more than a
+clock step), so that a server starting next to long-dead rows reclaims
+their jobs at once, as §4 of the contract says, without first watching the
+rows for ``dead_server_timeout``.
 
 A job stamped with this server's own identity (unique per start, with
 heartbeats on) that this server does not hold was lost by a bug: it is
@@ -98,11 +103,11 @@ class Liveness:
         :func:`trio.current_time`, both read just after ``servers`` and
         ``processing`` were.
         """
-        rows: set[str] = set()
+        rows: dict[str, ServerInfo] = {}
         dead: list[str] = []
         seen: dict[str, tuple[datetime, float]] = {}
         for info in servers:
-            rows.add(info.id)
+            rows[info.id] = info
             if info.id == self._own_id:
                 continue
             before = self._seen.get(info.id)
@@ -126,7 +131,12 @@ class Liveness:
                 if settled:
                     stranded.append(job)
             elif state.server_name in rows:
-                if state.server_name in dead_set:
+                row = rows[state.server_name]
+                if state.server_name in dead_set or (
+                    # A row silent for much longer than any clock step: the
+                    # start-up sweep need not wait to watch it.
+                    state.started_at < stale_before and row.last_heartbeat < stale_before
+                ):
                     stranded.append(job)
             elif state.started_at < stale_before:
                 stranded.append(job)
