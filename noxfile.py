@@ -11,8 +11,10 @@ from pathlib import Path
 import nox
 
 PYTHON = "3.11"
+#: Every extra the tests, type checks and docs need.
+EXTRAS = ".[test,postgres,cli,metrics,otel]"
 ROOT = Path(__file__).parent
-LINT_PATHS = ["trio_monitor", "tests", "benchmarks", "noxfile.py", "docs/conf.py"]
+LINT_PATHS = ["trio_monitor", "tests", "benchmarks", "noxfile.py", "docs/conf.py", "docs/_ext"]
 # Peer libraries the benchmarks compare against (not needed by the package).
 BENCH_PEERS = ["aiojobs", "huey", "procrastinate", "saq"]
 
@@ -25,7 +27,7 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite, without the soak tests."""
-    session.install(".[test,postgres]")
+    session.install(EXTRAS)
     session.run("pytest", "-m", "not soak", *session.posargs)
 
 
@@ -49,7 +51,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict and pyright (strict, configured in pyproject.toml)."""
     # pyright[nodejs] brings Node.js as a wheel, so no system Node is needed.
-    session.install(".[test,postgres]", "mypy", "pyright[nodejs]")
+    session.install(EXTRAS, "mypy", "pyright[nodejs]")
     session.run("mypy", "--strict", "trio_monitor")
     # Point pyright at this venv's interpreter, not whichever python is first
     # on PATH outside nox.
@@ -60,7 +62,9 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the HTML docs, warnings as errors."""
-    session.install(".", "sphinx", "sphinxcontrib-trio", "furo")
+    # The CLI reference is generated from the commands, and the metrics and
+    # tracing references import their modules: install those extras too.
+    session.install(".[cli,metrics,otel]", "sphinx", "sphinxcontrib-trio", "furo")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import trio_monitor
+
+# Local extensions (docs/_ext): the CLI reference generated from the commands.
+sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 project = "trio_monitor"
 author = "The trio_monitor developers"
@@ -17,6 +21,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinxcontrib_trio",
+    "cli_reference",
 ]
 # No intersphinx: the docs build offline. Names from Trio and the standard
 # library are written as plain text or literals instead of cross-references.
@@ -36,7 +41,7 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
 default_role = "py:obj"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_ext"]
 
 
 def setup(app: object) -> None:

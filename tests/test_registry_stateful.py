@@ -65,8 +65,6 @@ class RegistryMachine(TaskMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tasks: list[Task] = []
-        # A join_all or the block's end is under way (spawns are part of it).
-        self.stopping = False
         self.shutdown_deadline = 0.0
 
     @initialize(shutdown_deadline=DEADLINES)
@@ -97,8 +95,10 @@ class RegistryMachine(TaskMachine):
     def spawn_loop(self, track: Track, loop: Callable[[], Awaitable[None]]) -> None:
         name = f"t{len(self.tasks)}"
         handle = self.registry.spawn(name, tm.TaskKind.PEER_CONNECTION, loop)
-        # Spawned while the registry stops: part of that stop.
-        self.tasks.append(Task(track, handle, name, stopped=self.stopping))
+        # Spawned while the registry stops, it is either born aborted (it never
+        # starts) or waited for and cancelled at the deadline like the rest:
+        # _stopped_at counts it then.
+        self.tasks.append(Task(track, handle, name))
 
     def live_tasks(self) -> list[Task]:
         return [t for t in self.tasks if not t.handle.is_finished()]
@@ -124,10 +124,8 @@ class RegistryMachine(TaskMachine):
                 done.set()
 
         start = trio.current_time()
-        self.stopping = True
         self.host.nursery.start_soon(join)
         elapsed = await self.host.advance(deadline + 60, until=done.is_set)
-        self.stopping = False
         assert done.is_set()
         assert elapsed <= deadline + 2 * STEP, (elapsed, deadline)
         cancelled = self._stopped_at(start + deadline)
@@ -165,7 +163,6 @@ class RegistryMachine(TaskMachine):
 
     async def _stop(self, how: str) -> None:
         start = trio.current_time()
-        self.stopping = True
         elapsed = await self.end_block(how, self.shutdown_deadline + 60)
         bound = 0 if how == "outer" else self.shutdown_deadline
         assert elapsed <= bound + 2 * STEP, (elapsed, bound)

@@ -1,0 +1,39 @@
+"""Fixtures for the command-line tests: the command run as a real subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli.runner import Cli
+from tests.jobs.storage_backends import BACKENDS, Backend
+from tests.pg_cluster import pg_cluster, pg_url  # noqa: F401  (PostgreSQL fixtures)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(backend, id=backend.name, marks=list(backend.marks))
+        for backend in BACKENDS
+        if backend.shared  # a database that several processes share
+    ]
+)
+def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cli]:
+    """The command on a fresh database, once per shared backend (SQLite, PostgreSQL)."""
+    backend: Backend = request.param
+    runner = Cli(backend.make_url(request), tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.kill_workers()
+
+
+@pytest.fixture
+def sqlite_cli(tmp_path: Path) -> Iterator[Cli]:
+    """The command on a fresh SQLite database."""
+    runner = Cli(f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.kill_workers()
