@@ -693,3 +693,30 @@ async def test_loops_back_off_while_storage_is_down_and_the_stop_is_bounded(
     async with running(server):
         job_id = await server.enqueue("ok", None)
         await recorder.wait_state(job_id, jobs.Succeeded, within=100)
+
+
+# -- recurring ----------------------------------------------------------------------------
+
+
+async def test_a_stored_cron_that_cannot_be_evaluated_is_skipped_not_fatal(
+    memory_storage: jobs.Storage,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = jobs.TrioWallClock()
+    recorder = Recorder()
+    server = make_server(
+        memory_storage, jobs.WorkerRegistry(), recorder, clock=clock, worker_count=0
+    )
+    await server.schedule_recurring("good", "* * * * * *", "tick", {})
+    # Stored by hand (or by an older version): not a valid expression.
+    await memory_storage.upsert_recurring(
+        jobs.RecurringJob("bad", "61 * * * * *", "tick", {}, "default", clock())
+    )
+    async with running(server):
+        await trio.sleep(5.5)
+        made = await memory_storage.list_jobs()
+    assert len(made) >= 4  # the good template went on, once a second
+    assert "cannot be evaluated" in caplog.text
+    (bad,) = [r for r in await memory_storage.list_recurring() if r.id == "bad"]
+    assert bad.next_run_at > clock() + timedelta(days=365 * 90)

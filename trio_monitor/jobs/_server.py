@@ -38,7 +38,7 @@ from .._failures import TaskFailure, describe_reason
 from .._token import ShutdownToken
 from .._validate import MAX_SECONDS, attrs_count, attrs_seconds, check_seconds, check_str
 from ._clock import WallClock, check_clock, trio_time_of
-from ._cron import next_run, validate_cron
+from ._cron import next_run, next_run_or_never, validate_cron
 from ._liveness import Liveness
 from ._model import (
     AwaitingRetry,
@@ -375,15 +375,14 @@ class JobServer:
 
         Raises:
           TypeError: ``payload`` is not JSON-serialisable (nothing is
-            stored), or ``delay`` is not a number.
+            stored), ``delay`` is not a number, or ``method`` or ``queue``
+            is not a str.
           ValueError: both ``delay`` and ``run_at``, a negative, infinite
             or too long delay (more than about 95 years), a naive
             ``run_at``, or an empty method or queue name.
         """
-        if not isinstance(method, str) or not method:
-            raise ValueError(f"method must be a non-empty str, got {method!r}")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+        check_str("method", method)
+        check_str("queue", queue)
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise TypeError(f"priority must be an int, got {priority!r}")
         if delay is not None and run_at is not None:
@@ -452,14 +451,12 @@ class JobServer:
         Raises:
           ValueError: an invalid cron expression (naming the bad field), an
             empty id, method or queue.
-          TypeError: ``payload`` is not JSON-serialisable.
+          TypeError: ``payload`` is not JSON-serialisable, or an id, method
+            or queue that is not a str.
         """
-        if not isinstance(id, str) or not id:
-            raise ValueError(f"recurring job id must be a non-empty str, got {id!r}")
-        if not isinstance(method, str) or not method:
-            raise ValueError(f"method must be a non-empty str, got {method!r}")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+        check_str("recurring job id", id)
+        check_str("method", method)
+        check_str("queue", queue)
         validate_cron(cron)
         dump_json(payload)
         recurring = RecurringJob(
@@ -919,7 +916,7 @@ class _ServerRun:
                 self._scheduler_sleep = None
 
     async def _recurring_tick(self) -> None:
-        made = await self.storage.enqueue_due_recurring(self.now(), next_run)
+        made = await self.storage.enqueue_due_recurring(self.now(), next_run_or_never)
         for job in made:
             logger.debug("recurring poller enqueued job %s (%s)", job.id, job.method)
 
