@@ -123,6 +123,22 @@ async def test_a_job_blocked_in_a_thread_at_the_stop_is_requeued(storage: jobs.S
     await stop_mid_job(storage, workers, started, shutdown_timeout=0.05)
 
 
+async def test_a_job_that_mutates_its_copy_is_still_requeued_as_claimed(
+    memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock
+) -> None:
+    workers = jobs.WorkerRegistry()
+    started = trio.Event()
+
+    @workers.worker("job")
+    async def meddling(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
+        job.id, job.version, job.attempts = "someone-else", 99, 42
+        started.set()
+        await run_misbehaving(Misbehaviour.SWALLOW_AND_RETURN, math.inf)
+        return None
+
+    await stop_mid_job(memory_storage, workers, started)
+
+
 # -- hostile exceptions ------------------------------------------------------------
 
 

@@ -232,7 +232,6 @@ class Processor:
         :class:`BaseException` that is not a cancellation, its failed
         attempt is written the same way and the exception propagates.
         """
-        # The worker may mutate its copy; the CAS needs the claim's values.
         job_id, version, attempts, method = job.id, job.version, job.attempts, job.method
         if attempts > self._retry.max_attempts:
             # Claimed again and again without an outcome: it probably kills
@@ -259,9 +258,11 @@ class Processor:
         result: object = None
         try:
             with run.scope, trio.move_on_after(self._job_timeout) as timeout:
-                exc, result = await self._call_isolated(fn, job, ctx)
+                # The worker gets a copy of its own: what it changes never
+                # reaches the hook's job or the compare-and-swap.
+                exc, result = await self._call_isolated(fn, attrs.evolve(job), ctx)
         except BaseException as raised:
-            own = self._stopped(job, run)
+            own = self._stopped(run, job_id, version, attempts)
             if own is None:
                 # Its own SystemExit, KeyboardInterrupt...: counted.
                 own = self._failed_attempt(job_id, version, attempts, describe(raised))
@@ -277,7 +278,7 @@ class Processor:
         finally:
             if self.running.get(job_id) is run:
                 del self.running[job_id]
-        stopped = self._stopped(job, run)
+        stopped = self._stopped(run, job_id, version, attempts)
         if stopped is not None:
             if is_outer_cancelled():
                 await self.write_now([(job, stopped)])
@@ -322,14 +323,20 @@ class Processor:
         call_next = functools.partial(self._call, index + 1, fn, job, ctx)
         return await self._middleware[index](job, ctx, call_next)
 
-    def _stopped(self, job: Job, run: RunningJob) -> Transition | None:
-        """The outcome of an intentional stop, or None if the run was not stopped."""
+    def _stopped(
+        self, run: RunningJob, job_id: str, version: int, attempts: int
+    ) -> Transition | None:
+        """The outcome of an intentional stop, or None if the run was not stopped.
+
+        Each :class:`StopReason` maps to its outcome here (an abort will map
+        to its own terminal state).
+        """
         reason = run.stop_reason
         if reason is None and is_outer_cancelled():
             reason = StopReason.SHUTDOWN
         if reason is None:
             return None
-        return self._requeue_transition(job.id, job.version, job.attempts)
+        return self._requeue_transition(job_id, version, attempts)
 
     def _succeeded(self, job: Job, duration: float, result: object) -> Transition:
         state = Succeeded(result, duration)
