@@ -30,8 +30,8 @@ import trio
 from _sqlite_floor import raw_round
 
 from trio_monitor.jobs import Job, Succeeded, Transition
+from trio_monitor.jobs._backends._sqlite import SQLiteStorage
 from trio_monitor.jobs._model import utcnow
-from trio_monitor.jobs._sqlite import SQLiteStorage
 
 
 async def storage_round(path: Path, n: int, batch: int) -> float:

@@ -210,6 +210,29 @@ async def test_statistics_of_the_components() -> None:
         service.abort()
 
 
+async def test_statistics_of_a_supervisor(autojump_clock: trio.abc.Clock) -> None:
+    registry = CollectorRegistry()
+    runs = 0
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise ValueError("first run")
+        await trio.sleep_forever()
+
+    async with tm.open_supervisor(backoff=tm.Backoff(initial=0)) as sup:
+        subscription = sup.subscribe()
+        registry.register(metrics.StatisticsCollector("supervisor", sup))
+        await sup.start("flaky", flaky)
+        await trio.sleep(1)
+        assert _sample(registry, "trio_monitor_supervisor_children") == 1
+        assert _sample(registry, "trio_monitor_supervisor_restarts") == 1
+        assert _sample(registry, "trio_monitor_supervisor_subscribers") == 1
+        assert _sample(registry, "trio_monitor_supervisor_dropped_failures") == 0
+        subscription.close()
+
+
 def test_statistics_collector_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="component"):
         metrics.StatisticsCollector("not a name", lambda: {})

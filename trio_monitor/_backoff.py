@@ -49,6 +49,8 @@ class Backoff:
 
     def base_delay(self, attempt: int) -> float:
         """The wait before retry ``attempt`` (1-based), without jitter."""
+        if not self.initial:
+            return 0.0  # 0 * inf would be NaN, and the overflow below a 30 s wait
         exponent = max(attempt - 1, 0)
         try:
             raw = self.initial * self.multiplier**exponent

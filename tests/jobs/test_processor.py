@@ -221,6 +221,22 @@ def test_retry_policy_refuses_bad_values(field: str, value: object) -> None:
         jobs.RetryPolicy(**{field: value})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_attempts", 1.5),
+        ("max_attempts", "3"),
+        ("initial_delay", "1"),
+        ("multiplier", None),
+        ("max_delay", True),
+        ("jitter", "0.1"),
+    ],
+)
+def test_retry_policy_refuses_wrong_types_with_type_error(field: str, value: object) -> None:
+    with pytest.raises(TypeError, match=field):
+        jobs.RetryPolicy(**{field: value})  # type: ignore[arg-type]
+
+
 def test_worker_registry() -> None:
     workers = jobs.WorkerRegistry()
 

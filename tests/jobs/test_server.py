@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from tests.jobs.server_helpers import (
     running,
 )
 from trio_monitor import ShutdownToken, jobs
-from trio_monitor.jobs._memory import MemoryStorage
+from trio_monitor.jobs._backends._memory import MemoryStorage
 
 
 def echo_workers() -> tuple[jobs.WorkerRegistry, list[jobs.Job]]:
@@ -791,6 +792,31 @@ def test_server_config_defaults() -> None:
     ],
 )
 def test_server_config_refuses_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        jobs.ServerConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("worker_count", "3"),
+        ("worker_count", 2.0),
+        ("worker_count", True),
+        ("polling_interval", "1"),
+        ("succeeded_ttl", "1d"),  # None is valid: kept for ever (SPEC 6)
+        ("server_name", 7),
+        ("queues", ["a", 3]),
+        ("queues", "default"),
+    ],
+)
+def test_server_config_refuses_wrong_types_with_type_error(field: str, value: object) -> None:
+    with pytest.raises(TypeError, match=field):
+        jobs.ServerConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["succeeded_ttl", "failed_ttl", "job_timeout"])
+@pytest.mark.parametrize("value", [math.inf, 1e12])
+def test_server_config_refuses_durations_no_datetime_holds(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         jobs.ServerConfig(**{field: value})  # type: ignore[arg-type]
 

@@ -25,7 +25,14 @@ from ._model import (
 )
 from ._processor import RetryPolicy
 from ._server import JobServer, ServerConfig, ServerError
-from ._storage import Storage, open_storage
+from ._storage import (
+    SchemaStatus,
+    SchemaVersionError,
+    Storage,
+    check_schema,
+    migrate,
+    open_storage,
+)
 from ._workers import WorkerContext, WorkerRegistry
 
 __all__ = [
@@ -40,6 +47,8 @@ __all__ = [
     "RecurringJob",
     "RetryPolicy",
     "Scheduled",
+    "SchemaStatus",
+    "SchemaVersionError",
     "ServerConfig",
     "ServerError",
     "ServerInfo",
@@ -51,6 +60,8 @@ __all__ = [
     "WallClock",
     "WorkerContext",
     "WorkerRegistry",
+    "check_schema",
+    "migrate",
     "open_storage",
 ]
 

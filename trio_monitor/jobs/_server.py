@@ -82,8 +82,8 @@ def _queues(value: Sequence[str]) -> list[str]:
     if isinstance(value, str):
         raise TypeError(f"ServerConfig.queues must be a list of queue names, not the str {value!r}")
     queues = list(value)
-    for queue in queues:
-        check_str("ServerConfig.queues[...]", queue)
+    for index, queue in enumerate(queues):
+        check_str(f"ServerConfig.queues[{index}]", queue)
     return queues
 
 
