@@ -32,6 +32,15 @@ from trio_monitor.jobs._processor import MAX_ERROR_CHARS
 IN_TRIO = [how for how in Misbehaviour if how is not Misbehaviour.BLOCK_IN_THREAD]
 
 
+#: One worker, "ok", that returns its payload.
+OK_WORKERS = jobs.WorkerRegistry()
+
+
+@OK_WORKERS.worker("ok")
+async def _ok(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
+    return job.payload
+
+
 def misbehaving_workers(how: Misbehaviour, started: trio.Event) -> jobs.WorkerRegistry:
     workers = jobs.WorkerRegistry()
 
@@ -284,11 +293,7 @@ async def test_a_job_in_a_thread_past_its_timeout_is_failed(storage: jobs.Storag
 async def test_a_raising_hook_and_hostile_middleware_leave_the_server_running(
     memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock
 ) -> None:
-    workers = jobs.WorkerRegistry()
-
-    @workers.worker("ok")
-    async def ok(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
-        return job.payload
+    workers = OK_WORKERS
 
     async def hostile(job: jobs.Job, ctx: jobs.WorkerContext, call_next: Any) -> object:
         if job.payload == "break":
@@ -374,11 +379,7 @@ def test_liveness_is_on_by_default_and_its_timing_is_checked() -> None:
 async def test_a_dead_peers_jobs_are_reclaimed_while_the_server_runs(
     memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock
 ) -> None:
-    workers = jobs.WorkerRegistry()
-
-    @workers.worker("ok")
-    async def ok(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
-        return job.payload
+    workers = OK_WORKERS
 
     recorder = Recorder()
     clock = jobs.TrioWallClock()
@@ -421,11 +422,7 @@ async def test_a_dead_peers_jobs_are_reclaimed_while_the_server_runs(
 async def test_the_startup_sweep_reclaims_stale_claims_of_long_silent_rows_at_once(
     storage: jobs.Storage,
 ) -> None:
-    workers = jobs.WorkerRegistry()
-
-    @workers.worker("ok")
-    async def ok(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
-        return None
+    workers = OK_WORKERS
 
     now = datetime.now(UTC)
     hour_ago = now - timedelta(hours=1)
@@ -453,11 +450,7 @@ async def test_a_claim_of_its_own_that_it_lost_is_requeued(
 ) -> None:
     # A job stored as claimed by this very server start, that none of its
     # workers holds (a release whose write failed, say).
-    workers = jobs.WorkerRegistry()
-
-    @workers.worker("ok")
-    async def ok(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
-        return job.payload
+    workers = OK_WORKERS
 
     recorder = Recorder()
     clock = jobs.TrioWallClock()
@@ -659,11 +652,7 @@ async def test_loops_back_off_while_storage_is_down_and_the_stop_is_bounded(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="trio_monitor")
     storage = FaultyStorage(memory_storage)
-    workers = jobs.WorkerRegistry()
-
-    @workers.worker("ok")
-    async def ok(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
-        return None
+    workers = OK_WORKERS
 
     recorder = Recorder()
     server = make_server(storage, workers, recorder, shutdown_timeout=2.0)  # type: ignore[arg-type]
