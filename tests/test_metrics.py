@@ -51,6 +51,7 @@ async def test_job_metrics_time_runs_and_count_outcomes(autojump_clock: object) 
             retry_policy=jobs.RetryPolicy(max_attempts=2, initial_delay=1.0, jitter=0.0),
             middleware=[job_metrics.middleware],
             on_state_change=job_metrics.on_state_change,
+            clock=jobs.TrioWallClock(),  # retries due in virtual time
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
