@@ -174,7 +174,8 @@ def process_worker(url: str, n: int, concurrency: int) -> None:
             server = jobs.JobServer(config, storage, workers, on_state_change=stored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run)
-                while (await storage.count_by_state()).get("succeeded", 0) < n:
+                # Other processes finish jobs too: the database says when all are done.
+                while (await storage.count_by_state()).get("succeeded", 0) < n:  # noqa: ASYNC110
                     await trio.sleep(0.02)
                 await server.stop()
         return {"start": start, "last": last, "done": done, "claims": claim_times()}
@@ -223,11 +224,14 @@ def latency(url: str, n: int, gap: float, concurrency: int) -> list[dict[str, fl
 
     instrument()
     started: dict[int, float] = {}
+    all_started = trio.Event()
     workers = jobs.WorkerRegistry()
 
     @workers.worker("noop")
     async def noop(job: jobs.Job, ctx: Any) -> None:
         started[job.payload["i"]] = time.time()
+        if len(started) == n:
+            all_started.set()
 
     async def main() -> list[tuple[float, float]]:
         async with jobs.open_storage(url) as storage:
@@ -247,8 +251,7 @@ def latency(url: str, n: int, gap: float, concurrency: int) -> list[dict[str, fl
                 done = await trio.run_process(
                     [*cmd, "--gap", str(gap)], capture_stdout=True, cwd=ROOT
                 )
-                while len(started) < n:
-                    await trio.sleep(0.01)
+                await all_started.wait()
                 await server.stop()
         for line in done.stdout.decode().splitlines():
             if line.startswith("RESULT "):
@@ -313,8 +316,17 @@ def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str,
     bench_postgres.trio_monitor_enqueue(url, n, 0.0)
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "worker", "--url", url, "--jobs", str(n)]
-            + ["--concurrency", str(concurrency)],
+            [
+                sys.executable,
+                __file__,
+                "worker",
+                "--url",
+                url,
+                "--jobs",
+                str(n),
+                "-c",
+                str(concurrency),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -365,7 +377,7 @@ def main() -> None:
     parser.add_argument("mode", choices=["latency", "processes", "producer", "worker"])
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--gap", type=float, default=0.02)
-    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("-c", "--concurrency", type=int, default=10)
     parser.add_argument("--processes", default="1,3")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fsync-off", action="store_true")

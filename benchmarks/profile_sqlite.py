@@ -27,8 +27,8 @@ Usage: ``python benchmarks/profile_sqlite.py [--jobs N] [--rounds R]
 
 from __future__ import annotations
 
-import cProfile
 import collections
+import cProfile
 import io
 import pstats
 import re
