@@ -60,6 +60,7 @@ class StorageThreadStats:
         self.wall = 0.0
         self.cpu = 0.0
         self.statements: collections.Counter[str] = collections.Counter()
+        self.trace = False  # count statements (costs the storage thread time)
 
 
 STATS = StorageThreadStats()
@@ -81,7 +82,7 @@ def _instrument() -> None:
 
     def timed_run(self: ConnectionThread, batch: list[Any]) -> None:
         conn = self._conn
-        if id(conn) not in _traced:
+        if STATS.trace and id(conn) not in _traced:
             _traced.add(id(conn))
             conn.set_trace_callback(lambda sql: STATS.statements.update((_statement_kind(sql),)))
         wall, cpu = time.perf_counter(), time.thread_time()
@@ -110,9 +111,16 @@ def _instrument() -> None:
 
 
 def server_round(
-    path: Path, n: int, workers: int | None, batch: int | None, profiler: cProfile.Profile | None
+    path: Path,
+    n: int,
+    workers: int | None,
+    batch: int | None,
+    profiler: cProfile.Profile | None = None,
+    *,
+    trace: bool = False,
 ) -> dict[str, Any]:
     PROFILER[:] = [] if profiler is None else [profiler]
+    STATS.trace = trace
     cpu = time.thread_time()
     try:
         rate = trio.run(bench_sqlite.server_round, path, n, workers, batch)
@@ -178,11 +186,59 @@ def report(runs: list[dict[str, Any]], floor: list[float], n: int, overhead: flo
         f"claims {statistics.median(r['claims'][0] for r in runs) / n:.3f}/job, "
         f"applies {statistics.median(r['applies'][0] for r in runs) / n:.3f}/job"
     )
-    kinds = sorted({k for r in runs for k in r["statements"]})
-    per_job = {k: statistics.median(r["statements"].get(k, 0) for r in runs) / n for k in kinds}
-    print(f"  SQL statements: {sum(per_job.values()):.2f} per job")
+
+
+def report_statements(run: dict[str, Any], n: int) -> None:
+    per_job = {kind: count / n for kind, count in run["statements"].items()}
+    print(
+        f"SQL statements (a separate round with a trace callback, {run['rate']:,.0f} jobs/s): "
+        f"{sum(per_job.values()):.2f} per job, in {run['batches'] / n:.3f} transactions per job"
+    )
     for kind, count in sorted(per_job.items(), key=lambda kv: -kv[1]):
-        print(f"    {kind:<20} {count:.3f} per job")
+        if count >= 0.001:
+            print(f"    {kind:<20} {count:.3f} per job")
+
+
+#: (group, file part, function part): the first match names a function's group.
+GROUPS = [
+    ("epoll wait (Trio idle)", "", "method 'poll'"),
+    ("lock release (wakes the storage thread)", "", "method 'release'"),
+    ("cancel scopes and deadlines", "trio/_core/_run.py", "CancelS"),
+    ("cancel scopes and deadlines", "trio/_core/_run.py", "deadline"),
+    ("cancel scopes and deadlines", "trio/_core/_run.py", "_activate_cancel_status"),
+    ("cancel scopes and deadlines", "trio/_core/_run.py", "recalculate"),
+    ("cancel scopes and deadlines", "CancelS", ""),
+    ("cancel scopes and deadlines", "contextlib.py", ""),
+    ("cancel scopes and deadlines", "trio/_timeouts.py", ""),
+    ("memory channel hand-off", "trio/_channel.py", ""),
+    ("storage calls and thread hop", "_combiner.py", ""),
+    ("storage calls and thread hop", "_entry_queue.py", ""),
+    ("storage calls and thread hop", "_wakeup_socketpair.py", ""),
+    ("storage calls and thread hop", "threading.py", ""),
+    ("storage calls and thread hop", "_sqlite/_storage.py", ""),
+    ("Trio scheduler, events, checkpoints", "trio/", ""),
+    ("JSON (dump_json of states and results)", "json/", ""),
+    ("JSON (dump_json of states and results)", "_json", ""),
+    ("JSON (dump_json of states and results)", "_model.py", "dump_json"),
+    ("JSON (dump_json of states and results)", "", "encode"),
+    ("state records, rows, attrs", "_rows.py", ""),
+    ("state records, rows, attrs", "_model.py", ""),
+    ("state records, rows, attrs", "attrs generated", ""),
+    ("state records, rows, attrs", "attr/", ""),
+    ("state records, rows, attrs", "", "isoformat"),
+    ("state records, rows, attrs", "_clock.py", ""),
+    ("processor (per-job run)", "_processor.py", ""),
+    ("server: fetcher, dispatch, worker, committer, hooks", "_server.py", ""),
+    ("server: fetcher, dispatch, worker, committer, hooks", "_core.py", ""),
+    ("benchmark's own hooks", "bench_sqlite.py", ""),
+]
+
+
+def _group(file: str, name: str) -> str:
+    for group, file_part, name_part in GROUPS:
+        if file_part in file and name_part in name:
+            return group
+    return "other"
 
 
 def print_profile(profiler: cProfile.Profile, n: int, top: int) -> None:
@@ -197,28 +253,83 @@ def print_profile(profiler: cProfile.Profile, n: int, top: int) -> None:
     print(f"{'own us/job':>10} {'calls/job':>9} {'cum us/job':>10}  function")
     for tottime, calls, cumtime, where in rows[:top]:
         print(f"{tottime / n * 1e6:>10.2f} {calls / n:>9.2f} {cumtime / n * 1e6:>10.2f}  {where}")
+    groups: collections.Counter[str] = collections.Counter()
+    calls_by_group: collections.Counter[str] = collections.Counter()
+    for (file, _, name), (_, calls, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        groups[_group(file, name)] += tottime
+        calls_by_group[_group(file, name)] += calls
+    busy = sum(t for g, t in groups.items() if not g.startswith(("epoll", "lock release")))
+    print(f"\nOwn time by group (profiled; shares of the {busy / n * 1e6:.0f} us/job busy time):")
+    for group, tottime in groups.most_common():
+        share = "" if group.startswith(("epoll", "lock release")) else f"{tottime / busy:6.1%}"
+        print(
+            f"  {tottime / n * 1e6:8.1f} us/job {share:>6} {calls_by_group[group] / n:7.1f} "
+            f"calls/job  {group}"
+        )
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
     print(out.getvalue())
 
 
-# -- py-spy's raw stacks, per thread ------------------------------------------------
+# -- py-spy's raw stacks, per thread role --------------------------------------------
+
+_IO = ("fdatasync", "fsync", "pwrite64", "pread64", "write (", "read (")
+
+
+def _role(frames: list[str]) -> str | None:
+    text = ";".join(frames)
+    if "ConnectionThread._loop" in text:
+        return None if "enqueue_many" in text else "storage thread"
+    if "raw_round" in text:
+        return "raw floor (main thread)"
+    if "server_round" in text and "enqueue_many" not in text and "only_enqueue" not in text:
+        return "Trio thread, server round"
+    return None
+
+
+def _category(frames: list[str]) -> str:
+    leaf = frames[-1]
+    if any(f.startswith("Condition.wait") for f in frames) or leaf.startswith("epoll_wait"):
+        return "idle (waiting for work or I/O events)"
+    if any(leaf.startswith(name) for name in _IO):
+        return "file I/O (pwrite, fdatasync)"
+    if any("libsqlite3" in f for f in frames):
+        return "SQLite C code"
+    # A futex wait straight under the interpreter, not under a lock acquire: the GIL.
+    if leaf.startswith("0x") and "libc" in leaf and not any("acquire_lock" in f for f in frames):
+        return "waiting for the GIL (or a futex)"
+    return "Python and C extension code"
 
 
 def summarize(path: str, top: int) -> None:
-    """Own-sample shares per thread from ``py-spy record --threads --format raw``."""
-    threads: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    """Shares per thread role from ``py-spy record --native --threads --format raw``.
+
+    Rounds run on new threads, so samples are pooled by role (storage thread,
+    Trio thread in a server round, the raw floor), then split into categories
+    by their stacks, and the busy samples by the functions on their stacks.
+    """
+    categories: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    inclusive: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in Path(path).read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        frames = stack.split(";")[1:]
+        role = _role(frames) if frames else None
+        if role is None:
             continue
-        frames = stack.split(";")
-        threads[frames[0]][frames[-1]] += int(count)
-    for thread, leaves in sorted(threads.items(), key=lambda kv: -sum(kv[1].values())):
-        total = sum(leaves.values())
-        print(f"\n{thread}: {total} samples")
-        for leaf, count in leaves.most_common(top):
-            print(f"  {count / total:6.1%}  {leaf}")
+        category = _category(frames)
+        categories[role][category] += int(count)
+        if not category.startswith("idle"):
+            names = {f.split(" (")[0] for f in frames if ".py:" in f}
+            inclusive[role].update(dict.fromkeys(names, int(count)))
+    for role, counts in categories.items():
+        total = sum(counts.values())
+        busy = total - sum(c for k, c in counts.items() if k.startswith("idle"))
+        print(f"\n{role}: {total} samples, {busy} busy")
+        for category, count in counts.most_common():
+            print(f"  {count / total:6.1%}  {category}")
+        print("  busy samples by function on the stack (inclusive):")
+        for name, count in inclusive[role].most_common(top):
+            print(f"    {count / max(busy, 1):6.1%}  {name}")
 
 
 def main() -> None:
@@ -228,6 +339,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="fetch_batch_size (default 10)")
     parser.add_argument("--dir", default=None, help="where the database files go")
     parser.add_argument("--cprofile", action="store_true", help="also cProfile one round")
+    parser.add_argument("--statements", action="store_true", help="also count SQL statements")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--summarize", default=None, help="summarise a py-spy raw file")
     args = parser.parse_args()
@@ -253,6 +365,8 @@ def main() -> None:
         )
         print(f"{machine()}; {n} jobs, workers={args.workers}, batch={args.batch}, {rounds} rounds")
         report([r["server"] for r in results], [r["floor"] for r in results], n, overhead)
+        if args.statements:
+            report_statements(server_round(fresh(), n, args.workers, args.batch, trace=True), n)
         if args.cprofile:
             profiler = cProfile.Profile()
             server_round(fresh(), n, args.workers, args.batch, profiler)
