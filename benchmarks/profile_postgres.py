@@ -170,7 +170,7 @@ def process_worker(url: str, n: int, concurrency: int) -> None:
             print("READY", flush=True)
             await trio.to_thread.run_sync(sys.stdin.readline)
             EVENTS.clear()
-            start = time.time()
+            start, cpu = time.time(), time.process_time()
             server = jobs.JobServer(config, storage, workers, on_state_change=stored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run)
@@ -178,7 +178,8 @@ def process_worker(url: str, n: int, concurrency: int) -> None:
                 while (await storage.count_by_state()).get("succeeded", 0) < n:  # noqa: ASYNC110
                     await trio.sleep(0.02)
                 await server.stop()
-        return {"start": start, "last": last, "done": done, "claims": claim_times()}
+        cpu = time.process_time() - cpu
+        return {"start": start, "last": last, "done": done, "cpu": cpu, "claims": claim_times()}
 
     print("RESULT " + json.dumps(trio.run(main)), flush=True)
 
@@ -354,6 +355,7 @@ def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str,
     claims = sorted(c for r in results for c in r["claims"])
     return {
         "rate": n / span,
+        "cpu": sum(r["cpu"] for r in results) / span,  # cores used by the server processes
         "share": [r["done"] for r in results],
         "claims": claims,
     }
@@ -416,7 +418,8 @@ def main() -> None:
                 rates[p].append(got["rate"])
                 print(
                     f"round {round_ + 1}, {p} process(es): {got['rate']:,.0f} jobs/s, "
-                    f"jobs per process {got['share']}; {claim_summary(got['claims'])}; "
+                    f"jobs per process {got['share']}, {got['cpu']:.2f} cores busy; "
+                    f"{claim_summary(got['claims'])}; "
                     f"load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
