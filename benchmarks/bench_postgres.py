@@ -1,7 +1,8 @@
 """The job server on PostgreSQL against procrastinate and saq (their Postgres queue).
 
 Usage: ``python benchmarks/bench_postgres.py [--quick] [--rounds R] [--jobs N]
-[--concurrency C] [--systems trio_monitor,procrastinate,saq] [--fsync-off] [--plot]``
+[--concurrency C] [--systems trio_monitor,procrastinate,saq] [--processes P] [--fsync-off]
+[--plot]``
 
 Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``) at
 PostgreSQL's default durability (fsync on; ``--fsync-off`` for the extra,
@@ -22,6 +23,13 @@ fresh database each time):
   just before the enqueue; the job function records ``time.time()`` at its
   first line. Reported: p50 / p99 of enqueue-to-start (wall clock, both
   processes on one machine).
+
+* **several processes** (``--processes P``, default 3; 1 leaves it out): the
+  throughput run again for trio_monitor with P server processes of C
+  workers each on one database, all connected before a common start signal,
+  timed from that signal until the N-th outcome is stored
+  (``profile_postgres.processes_round``). Reported with its ratio to one
+  process, per round.
 
 Each system is driven the way its documentation says: procrastinate with
 ``App(connector=PsycopgConnector(...))``, ``defer_async`` /
@@ -46,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import ROOT, Samples, arguments, bar_chart, cdf_chart, machine
+from profile_postgres import processes_round
 
 sys.path.insert(0, str(ROOT))  # tests/pg_cluster.py: plain Python, no pytest
 
@@ -374,6 +383,12 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.02)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        help="also run trio_monitor's throughput with this many server processes (1: no)",
+    )
+    parser.add_argument(
         "--fsync-off",
         action="store_true",
         help="run the cluster with fsync, synchronous_commit and full_page_writes off "
@@ -395,6 +410,8 @@ def main() -> None:
     rates: dict[str, list[float]] = {s: [] for s in systems}
     lats: dict[str, list[float]] = {s: [] for s in systems}
     failed: dict[str, str] = {}
+    several = f"trio_monitor x{args.processes} processes"
+    several_rates: list[float] = []
     with PgCluster.start(durable=not args.fsync_off) as cluster:
         # One untimed warm-up per system (a short throughput run): the
         # cluster's caches, the children's imports, the first connections.
@@ -419,6 +436,13 @@ def main() -> None:
                 except Exception as exc:
                     failed[system] = f"{type(exc).__name__}: {exc}"
                 print(f"round {round_ + 1}: {system} done", file=sys.stderr, flush=True)
+            if "trio_monitor" in systems and args.processes > 1 and several not in failed:
+                try:
+                    url = cluster.create_database(f"bench_several_{round_}")
+                    got = processes_round(url, args.jobs, args.processes, args.concurrency)
+                    several_rates.append(got["rate"])
+                except Exception as exc:
+                    failed[several] = f"{type(exc).__name__}: {exc}"
 
     durability = "fsync off" if args.fsync_off else "default durability (fsync on)"
     print(f"\n{machine()}; PostgreSQL cluster at {durability}")
@@ -440,6 +464,16 @@ def main() -> None:
         )
     ours = rates.get("trio_monitor")
     peers = [statistics.median(rates[s]) for s in systems if s != "trio_monitor" and rates[s]]
+    if several in failed:
+        print(f"{several}: failed: {failed[several]}")
+    elif ours and several_rates:
+        runs = " ".join(f"{r:.0f}" for r in several_rates)
+        ratios = [m / o for m, o in zip(several_rates, ours, strict=False)]
+        print(
+            f"{several}: {statistics.median(several_rates):.0f} jobs/s median ({runs}); "
+            f"{statistics.median(ratios):.2f}x one process "
+            f"({min(ratios):.2f}-{max(ratios):.2f} per round)"
+        )
     if ours and peers:
         print(f"\ntrio_monitor / best peer throughput: {statistics.median(ours) / max(peers):.2f}x")
     if args.plot:
