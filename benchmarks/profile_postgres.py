@@ -343,7 +343,7 @@ def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str,
         assert proc.stdin is not None
         proc.stdin.write("GO\n")
         proc.stdin.flush()
-    results = []
+    results: list[dict[str, Any]] = []
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
         results.extend(

@@ -161,7 +161,7 @@ def enqueue_cpu(path: Path, n: int) -> float:
 
 def report(runs: list[dict[str, Any]], floor: list[float], n: int, overhead: float) -> None:
     def med(key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+        return float(statistics.median(r[key] for r in runs))
 
     rate = med("rate")
     wall_us = 1e6 / rate
@@ -325,11 +325,11 @@ def summarize(path: str, top: int) -> None:
         total = sum(counts.values())
         busy = total - sum(c for k, c in counts.items() if k.startswith("idle"))
         print(f"\n{role}: {total} samples, {busy} busy")
-        for category, count in counts.most_common():
-            print(f"  {count / total:6.1%}  {category}")
+        for category, samples in counts.most_common():
+            print(f"  {samples / total:6.1%}  {category}")
         print("  busy samples by function on the stack (inclusive):")
-        for name, count in inclusive[role].most_common(top):
-            print(f"    {count / max(busy, 1):6.1%}  {name}")
+        for name, samples in inclusive[role].most_common(top):
+            print(f"    {samples / max(busy, 1):6.1%}  {name}")
 
 
 def main() -> None:
