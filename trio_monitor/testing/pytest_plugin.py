@@ -5,7 +5,9 @@ Installed with trio_monitor, it gives every test suite:
 * ``job_workers``: the :class:`~trio_monitor.jobs.WorkerRegistry` under
   test. Override it in your ``conftest.py``.
 * ``job_server``: a :class:`~trio_monitor.testing.TestServer` running your
-  workers, in virtual time (it requests pytest-trio's ``autojump_clock``).
+  workers, in virtual time: the test must also take pytest-trio's
+  ``autojump_clock`` (pytest-trio picks the run's clock from the test's
+  own arguments), or the fixture refuses with a message saying so.
 * ``job_client``: its client, for enqueueing.
 * ``job_storage_url`` (default ``memory://``) and ``job_server_options``
   (keyword arguments for :func:`~trio_monitor.testing.open_test_server`;
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from trio.testing import MockClock
 
 from ..jobs import WorkerRegistry
@@ -108,9 +111,20 @@ async def job_server(
     job_workers: WorkerRegistry,
     job_storage_url: str,
     job_server_options: dict[str, Any],
-    autojump_clock: MockClock,
 ) -> AsyncGenerator[TestServer, None]:
-    """A running test server for ``job_workers``, in virtual time."""
+    """A running test server for ``job_workers``, in virtual time.
+
+    The test must run under a :class:`~trio.testing.MockClock`: request
+    pytest-trio's ``autojump_clock`` in its arguments (pytest-trio takes the
+    run's clock from the test's own arguments only, so a fixture cannot
+    choose it).
+    """
+    if not isinstance(trio.lowlevel.current_clock(), MockClock):
+        raise pytest.UsageError(
+            "the job_server fixture runs in virtual time: add pytest-trio's "
+            "autojump_clock to the test's arguments "
+            "(async def test_x(job_server, autojump_clock): ...)"
+        )
     async with open_test_server(job_workers, job_storage_url, **job_server_options) as server:
         yield server
 
