@@ -8,7 +8,7 @@ Three kinds of job, as most applications have:
 * ``sync_customer``: calls an external HTTP API that allows one request at
   a time and 10 a minute, so its queue is limited (SPEC §6 queue limits).
 
-The services the workers use (``mailer``, ``crm``) are module attributes,
+The services the workers use (``services.mailer``, ``services.crm``) are
 set up by the application at start-up and replaced by fakes in tests.
 """
 
@@ -42,26 +42,33 @@ class CRM(Protocol):
     async def count_customers(self) -> int: ...
 
 
-mailer: Mailer  # set by the application at start-up
-crm: CRM
+class Services:
+    """What the workers talk to: the application sets these at start-up."""
+
+    mailer: Mailer
+    crm: CRM
+
+
+services = Services()
 
 
 @workers.worker("send_email")
 async def send_email(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
-    await mailer.send(job.payload["to"], job.payload["subject"], job.payload.get("body", ""))
+    email = job.payload
+    await services.mailer.send(email["to"], email["subject"], email.get("body", ""))
     return {"to": job.payload["to"]}
 
 
 @workers.worker("nightly_report")
 async def nightly_report(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
-    customers = await crm.count_customers()
-    await mailer.send("ops@example.org", "Nightly report", f"{customers} customers")
+    customers = await services.crm.count_customers()
+    await services.mailer.send("ops@example.org", "Nightly report", f"{customers} customers")
     return {"customers": customers}
 
 
 @workers.worker("sync_customer")
 async def sync_customer(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
-    await crm.push_customer(job.payload)
+    await services.crm.push_customer(job.payload)
     return None
 
 

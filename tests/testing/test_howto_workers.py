@@ -81,14 +81,14 @@ def job_server_options() -> dict[str, Any]:
 @pytest.fixture
 def mailer(monkeypatch: pytest.MonkeyPatch) -> FakeMailer:
     fake = FakeMailer()
-    monkeypatch.setattr(app, "mailer", fake, raising=False)
+    monkeypatch.setattr(app.services, "mailer", fake, raising=False)
     return fake
 
 
 @pytest.fixture
 def crm(monkeypatch: pytest.MonkeyPatch) -> FakeCRM:
     fake = FakeCRM()
-    monkeypatch.setattr(app, "crm", fake, raising=False)
+    monkeypatch.setattr(app.services, "crm", fake, raising=False)
     return fake
 
 
@@ -201,4 +201,5 @@ async def test_the_crm_queue_respects_the_api_limits(
     # No window of 60 s saw more than 10 starts (each push takes 1 s).
     n, window = app.CRM_RATE
     starts = sorted(at - 1.0 for _, at in crm.pushed)
-    assert all(later - earlier >= window for earlier, later in zip(starts, starts[n:]))
+    pairs = zip(starts, starts[n:], strict=False)
+    assert all(later - earlier >= window for earlier, later in pairs)
