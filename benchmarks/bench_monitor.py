@@ -21,17 +21,16 @@ the median of the per-round ratios. Run ``python benchmarks/bench_monitor.py``
 from __future__ import annotations
 
 import argparse
-import gc
 import itertools
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 import trio.lowlevel
+from _alternating import alternate, cpu_seconds
 
 import trio_monitor as tm
 
@@ -102,19 +101,6 @@ VARIANTS: dict[str, Callable[[int], Awaitable[None]]] = {
 }
 
 
-def measure(variant: Callable[[int], Awaitable[None]], n: int) -> float:
-    gc.collect()
-
-    async def main() -> float:
-        # CPU time of this process: the work done, not what other processes
-        # on the machine steal from the wall clock.
-        start = time.process_time()
-        await variant(n)
-        return time.process_time() - start
-
-    return trio.run(main)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N=5,000 and 3 rounds")
@@ -127,12 +113,8 @@ def main() -> None:
         parser.error(f"-n must be a multiple of {BATCH}")
 
     names = list(VARIANTS)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    measure(run_monitor, BATCH)  # warm-up: imports, code paths
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            times[name].append(measure(VARIANTS[name], n))
+    cpu_seconds(run_monitor, BATCH)  # warm-up: imports, code paths
+    times = alternate(VARIANTS, n, rounds)
 
     print(
         f"task monitor: {n:,} no-op tasks in batches of {BATCH:,}, {rounds} rounds, "

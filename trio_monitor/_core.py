@@ -40,7 +40,15 @@ from typing import Any, Final, TypeGuard, TypeVar, cast
 
 import trio
 
-from ._failures import EarlyTermination, Error, Panic, TaskFailure, TaskInfo, next_task_id
+from ._failures import (
+    EarlyTermination,
+    Error,
+    FailureReason,
+    Panic,
+    TaskFailure,
+    TaskInfo,
+    next_task_id,
+)
 
 __all__ = [
     "FailurePolicy",
@@ -238,7 +246,7 @@ async def capture(async_fn: AsyncFn, args: tuple[Any, ...]) -> Exception | None:
 class TaskState:
     """The supervisor's record of one task. Internal; handles wrap it."""
 
-    __slots__ = ("_done_event", "aborted", "done", "id", "meta", "name", "scope")
+    __slots__ = ("_done_event", "aborted", "done", "id", "meta", "name", "scope", "verdict")
 
     def __init__(self, name: str, meta: object = None) -> None:
         self.id: int = next_task_id()
@@ -248,6 +256,8 @@ class TaskState:
         self.scope = trio.CancelScope()
         self.aborted = False
         self.done = False
+        # Why the supervisor cancelled it as failed (a watchdog's Hung), if it did.
+        self.verdict: FailureReason | None = None
         self._done_event: trio.Event | None = None
 
     @property
@@ -261,6 +271,19 @@ class TaskState:
         safe from a finalizer: once it is set the task is never reported.
         """
         self.aborted = True
+        self.scope.cancel()
+
+    def fail(self, reason: FailureReason) -> None:
+        """Cancel the task as failed: it is reported with ``reason``.
+
+        For failures only the supervisor can see (a missed heartbeat): the
+        verdict wins over whatever the task then does while it is being
+        cancelled. An intentional stop still wins over the verdict: once
+        :meth:`abort` was called (before or after), nothing is reported.
+        """
+        if self.aborted or self.done:
+            return
+        self.verdict = reason
         self.scope.cancel()
 
     def mark_done(self) -> None:
@@ -398,7 +421,7 @@ class SupervisedNursery:
             self._forget(state)
         if state.aborted or self._closing:
             return
-        reason = policy.classify(returned, exc)
+        reason = state.verdict if state.verdict is not None else policy.classify(returned, exc)
         if reason is not None and not is_outer_cancelled():
             self._deliver(state, TaskFailure(state.info, reason))
 

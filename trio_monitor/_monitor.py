@@ -12,9 +12,9 @@ from typing import Any, TypeVarTuple
 import attrs
 import trio
 
-from ._broadcast import Broadcaster
+from ._broadcast import Broadcaster, publish_or_log
 from ._core import FINITE, INFINITE, FailurePolicy, SupervisedNursery, TaskState, open_component
-from ._failures import Panic, TaskFailure, TaskInfo, describe_reason
+from ._failures import TaskFailure, TaskInfo
 from ._validate import check_str
 
 __all__ = ["MonitorStatistics", "TaskHandle", "TaskMonitor", "open_monitor"]
@@ -239,23 +239,6 @@ class TaskMonitor:
         )
 
 
-def _broadcast_or_log(broadcaster: Broadcaster[TaskFailure]) -> Callable[[TaskFailure], None]:
-    def report(failure: TaskFailure) -> None:
-        if broadcaster.publish(failure):
-            return
-        # Nobody listens (or every subscriber closed its channel): do not let
-        # the failure vanish silently.
-        logger.error(
-            "task %r (id %d) failed with no subscriber: %s",
-            failure.task.name,
-            failure.task.id,
-            describe_reason(failure.reason),
-            exc_info=failure.reason.exception if isinstance(failure.reason, Panic) else None,
-        )
-
-    return report
-
-
 @asynccontextmanager
 async def open_monitor() -> AsyncGenerator[TaskMonitor, None]:
     """Open a :class:`TaskMonitor` whose tasks live inside this block.
@@ -269,7 +252,7 @@ async def open_monitor() -> AsyncGenerator[TaskMonitor, None]:
     broadcaster: Broadcaster[TaskFailure] = Broadcaster()
     async with open_component(
         lambda supervisor: TaskMonitor(supervisor, broadcaster),
-        _broadcast_or_log(broadcaster),
+        lambda failure: publish_or_log(broadcaster, failure, logger),
         on_close=lambda _monitor: broadcaster.close(),
         logger=logger,
     ) as monitor:

@@ -92,6 +92,7 @@ async def run_scenario(storage: jobs.Storage, scenario: dict[str, Any], scale: f
                 all_done.set()
 
     plans_: list[ServerPlan] = scenario["servers"]
+    clock = jobs.TrioWallClock()  # one machine: one wall clock, following Trio time
     servers = [
         jobs.JobServer(
             jobs.ServerConfig(
@@ -107,6 +108,7 @@ async def run_scenario(storage: jobs.Storage, scenario: dict[str, Any], scale: f
             workers,
             retry_policy=jobs.RetryPolicy(max_attempts=3, initial_delay=0.2 * scale, jitter=0.1),
             on_state_change=hook,
+            clock=clock,
         )
         for i, plan in enumerate(plans_)
     ]

@@ -77,7 +77,7 @@ async def test_a_locked_database_is_logged_and_waited_out(
     assert job.state.result == {"n": 1}
     assert ran == [job_id]
     # Startup recovery and claims both met the lock, logged it and went on.
-    assert "could not re-enqueue stale Processing jobs" in caplog.text
+    assert "the startup registration or sweep failed" in caplog.text
     assert "database is locked" in caplog.text
 
 

@@ -7,6 +7,7 @@ tests.
 """
 
 from .._public import document_as_public
+from ._clock import TrioWallClock, WallClock
 from ._model import (
     AwaitingRetry,
     Deleted,
@@ -55,6 +56,8 @@ __all__ = [
     "Succeeded",
     "Transition",
     "Transitioned",
+    "TrioWallClock",
+    "WallClock",
     "WorkerContext",
     "WorkerRegistry",
     "check_schema",
