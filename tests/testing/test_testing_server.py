@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -154,10 +154,9 @@ async def test_drain_gives_up_on_jobs_nothing_runs(autojump_clock: MockClock) ->
 async def test_drain_refuses_a_server_clock_that_ignores_trio_time(
     autojump_clock: MockClock,
 ) -> None:
-    async with testing.open_test_server(jobs.WorkerRegistry()) as t:
-        frozen = t.server.now()
+    frozen = datetime(2030, 1, 1, tzinfo=UTC)
+    async with testing.open_test_server(jobs.WorkerRegistry(), clock=lambda: frozen) as t:
         await t.client.enqueue("later", {}, delay=60)
-        t.server.now = lambda: frozen  # type: ignore[method-assign]
         with pytest.raises(RuntimeError, match=r"did not move with trio\.current_time"):
             await t.drain()
 

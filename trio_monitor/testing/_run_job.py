@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-import trio
 
 from .._token import ShutdownToken
 from ..jobs import (
@@ -20,7 +19,7 @@ from ..jobs import (
     open_storage,
 )
 from ..jobs._model import utcnow
-from ..jobs._processor import Processor
+from ..jobs._processor import Processor, describe
 from ..jobs._workers import CallNext, Middleware
 
 __all__ = ["run_job"]
@@ -134,8 +133,8 @@ async def run_job(
     if isinstance(state, Succeeded):
         return state.result
     assert isinstance(state, Failed | AwaitingRetry), state
-    if raised and isinstance(raised[-1], Exception):
+    if raised and isinstance(raised[-1], Exception) and state.error == describe(raised[-1]):
         raise raised[-1]
-    if raised and isinstance(raised[-1], trio.Cancelled):
-        raise TimeoutError(f"job {method!r} {state.error}")
+    if "timed out after" in state.error:
+        raise TimeoutError(f"job {method!r} timed out after {job_timeout:g}s")
     raise RuntimeError(f"job {method!r} was not run: {state.error}")

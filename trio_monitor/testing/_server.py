@@ -13,7 +13,7 @@ ahead of the database.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -266,17 +266,9 @@ class TestServer:
         if self.server.now() <= before:
             raise RuntimeError(
                 "drain(): the server's wall clock did not move with trio.current_time(); "
-                "give the server a clock that follows Trio's (the default of "
+                "give it a clock that does (jobs.TrioWallClock, the default of "
                 "open_test_server)"
             )
-
-
-def _follow_trio_time(server_kwargs: dict[str, Any]) -> None:
-    """Make the server's wall clock follow virtual time, if it takes a ``clock``."""
-    # A server whose `now()` reads trio.current_time() itself needs nothing.
-    wall_clock: Callable[[], Any] | None = getattr(jobs, "TrioWallClock", None)
-    if wall_clock is not None and "clock" not in server_kwargs:
-        server_kwargs["clock"] = wall_clock()
 
 
 @asynccontextmanager
@@ -296,7 +288,9 @@ async def open_test_server(
 
     The server runs for the ``async with`` block and is stopped gracefully
     at its end (at once if the block is cancelled); the storage is closed
-    after it. Its wall clock follows :func:`trio.current_time`, so under a
+    after it. Its wall clock is a :class:`~trio_monitor.jobs.TrioWallClock`
+    (unless ``server_kwargs`` has a ``clock``), which follows
+    :func:`trio.current_time`, so under a
     :class:`trio.testing.MockClock` delays, retries, TTLs and cron follow
     virtual time. If the run's clock is a ``MockClock``, its autojump is
     held while storage I/O is in flight (see the how-to), so SQLite and
@@ -328,7 +322,8 @@ async def open_test_server(
                 if user_hook is not None:
                     user_hook(job, old, new)
 
-            _follow_trio_time(server_kwargs)
+            # The server's wall clock follows virtual time, unless the test gives one.
+            server_kwargs.setdefault("clock", jobs.TrioWallClock())
             server = JobServer(
                 config,
                 storage.as_storage(),
