@@ -19,8 +19,6 @@ from ..jobs._storage import NextRun
 
 __all__ = ["RecordingStorage", "assert_enqueued"]
 
-_UNSET: Any = object()
-
 
 class RecordingStorage:
     """A :class:`~trio_monitor.jobs.Storage` that records every job enqueued through it.
@@ -112,7 +110,7 @@ def _describe(job: Job) -> str:
 def assert_enqueued(
     client_or_storage: object,
     method: str | None = None,
-    payload: Any = _UNSET,
+    payload: Any = None,
     queue: str | None = None,
     count: int | None = None,
 ) -> list[Job]:
@@ -122,7 +120,8 @@ def assert_enqueued(
     :func:`open_test_server` since it opened (by the client, the server or
     the recurring poller), whatever became of the job since. A job matches
     if it has the given ``method``, ``queue`` and ``payload`` (compared with
-    ``==``); leave one out to match any. With ``count=None`` at least one
+    ``==``); one left ``None`` matches anything (so a ``null`` payload cannot
+    be asked for: look at the returned jobs instead). With ``count=None`` at least one
     job must match, otherwise exactly ``count`` (``count=0``: none was).
 
     Args:
@@ -144,14 +143,14 @@ def assert_enqueued(
         for job in recording.enqueued
         if (method is None or job.method == method)
         and (queue is None or job.queue == queue)
-        and (payload is _UNSET or job.payload == payload)
+        and (payload is None or job.payload == payload)
     ]
     if (count is None and matching) or len(matching) == count:
         return matching
     wanted = ", ".join(
         f"{name}={value!r}"
         for name, value in (("method", method), ("payload", payload), ("queue", queue))
-        if value is not None and value is not _UNSET
+        if value is not None
     )
     expected = "at least one job" if count is None else f"exactly {count} job(s)"
     lines = [

@@ -43,13 +43,11 @@ __all__ = [
     "job_server_options",
     "job_storage_url",
     "job_workers",
-    "pytest_addoption",
-    "pytest_configure",
 ]
 
-MARKER = "job_storage"
+_MARKER = "job_storage"
 #: The storage URL shorthand for a fresh SQLite file in ``tmp_path``.
-SQLITE = "sqlite"
+_SQLITE = "sqlite"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,8 +64,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Declares the ``job_storage`` marker."""
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(url): storage URL of the job_server fixture "
-        f"(memory://, {SQLITE!r} for a fresh SQLite file, or any storage URL)",
+        f"{_MARKER}(url): storage URL of the job_server fixture "
+        f"(memory://, {_SQLITE!r} for a fresh SQLite file, or any storage URL)",
     )
 
 
@@ -85,16 +83,16 @@ def job_storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The storage URL: parametrized, else the ``job_storage`` marker, else ``--job-storage``."""
     url = getattr(request, "param", None)
     if url is None:
-        marker = request.node.get_closest_marker(MARKER)
+        marker = request.node.get_closest_marker(_MARKER)
         if marker is not None:
             if len(marker.args) != 1 or not isinstance(marker.args[0], str):
                 raise pytest.UsageError(
-                    f"@pytest.mark.{MARKER} takes one storage URL, got {marker.args!r}"
+                    f"@pytest.mark.{_MARKER} takes one storage URL, got {marker.args!r}"
                 )
             url = marker.args[0]
         else:
             url = request.config.getoption("--job-storage")
-    if url == SQLITE:
+    if url == _SQLITE:
         url = f"sqlite:///{tmp_path / 'jobs.db'}"
     assert isinstance(url, str)
     return url
