@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.jobs.storage_backends import Backend, backend_params
-from tests.pg_cluster import pg_cluster, pg_url  # noqa: F401  (PostgreSQL fixtures)
+from tests.pg_fixtures import pg_cluster, pg_url  # noqa: F401  (PostgreSQL fixtures)
 
 
 @pytest.fixture(params=backend_params())
