@@ -146,6 +146,8 @@ async def test_drain_gives_up_on_jobs_nothing_runs(autojump_clock: MockClock) ->
 
     async with testing.open_test_server(jobs.WorkerRegistry()) as t:
         t.storage.claim = claim_nothing  # a storage that never hands out a job
+        # A real claim may be under way: let it end (autojump: once all are blocked).
+        await trio.sleep(1.0)
         await t.client.enqueue("stuck", {"n": 1})
         with pytest.raises(testing.DrainStalled, match=r"stuck\(\{'n': 1\}\)"):
             await t.drain(stall_timeout=30.0)
