@@ -36,6 +36,7 @@ import psycopg_pool
 import trio
 
 from ...._backoff import Backoff
+from ..._io_hold import io_in_flight
 
 __all__ = ["CallRunner", "Conn", "Listener"]
 
@@ -197,7 +198,8 @@ class CallRunner:
                 return trio.lowlevel.Abort.FAILED
 
             try:
-                result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+                with io_in_flight():  # a test clock must not jump over it
+                    result: T = await trio.lowlevel.wait_task_rescheduled(abort)
             except Exception:
                 if raise_cancel:
                     # The statement was aborted (or never sent) because we

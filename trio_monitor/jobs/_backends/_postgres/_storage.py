@@ -68,6 +68,7 @@ import psycopg.errors
 import psycopg_pool
 import trio
 
+from ..._io_hold import io_in_flight
 from ..._model import (
     Job,
     JobState,
@@ -254,7 +255,8 @@ async def open(url: str) -> PostgresStorage:
 async def schema_status(url: str) -> SchemaStatus:
     """The schema version of the database ``url`` names, read only."""
     conninfo, options = _parse_url(url)
-    return await trio.to_thread.run_sync(_read_status, conninfo, options["pool_timeout"])
+    with io_in_flight():
+        return await trio.to_thread.run_sync(_read_status, conninfo, options["pool_timeout"])
 
 
 class PostgresStorage:
@@ -293,7 +295,8 @@ class PostgresStorage:
         """
         conninfo, options = _parse_url(url)
         timeout = options["pool_timeout"]
-        await trio.to_thread.run_sync(_open_and_migrate, conninfo, timeout)
+        with io_in_flight():
+            await trio.to_thread.run_sync(_open_and_migrate, conninfo, timeout)
         settings = {
             "lock_timeout": f"{round(options['lock_timeout'] * 1000)}ms",
             "statement_timeout": f"{round(options['statement_timeout'] * 1000)}ms",
@@ -310,9 +313,10 @@ class PostgresStorage:
         )
         self = cls(conninfo, pool, max_size=int(options["pool_max_size"]), timeout=timeout)
         try:
-            await trio.to_thread.run_sync(partial(pool.open, wait=True, timeout=timeout))
-            self._listener.start()
-            await self._listener.wait_ready(timeout)
+            with io_in_flight():
+                await trio.to_thread.run_sync(partial(pool.open, wait=True, timeout=timeout))
+                self._listener.start()
+                await self._listener.wait_ready(timeout)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.aclose()

@@ -38,6 +38,8 @@ from typing import Any, Generic, TypeVar
 import outcome
 import trio
 
+from ..._io_hold import io_in_flight
+
 __all__ = ["ConnectionThread", "transaction"]
 
 _T = TypeVar("_T")
@@ -117,16 +119,18 @@ class ConnectionThread:
             self._queue.append(call)
             if len(self._queue) == 1:
                 self._wake.notify()
-        try:
-            await call.done.wait()
-        except trio.Cancelled:
-            with self._lock:
-                if not call.taken:  # still queued: it never happens
-                    self._queue.remove(call)
-                    raise
-            # The thread has it: wait for its outcome (see the module docs).
-            with trio.CancelScope(shield=True):
+        # The storage's one thread hop: a test clock must not jump over it.
+        with io_in_flight():
+            try:
                 await call.done.wait()
+            except trio.Cancelled:
+                with self._lock:
+                    if not call.taken:  # still queued: it never happens
+                        self._queue.remove(call)
+                        raise
+                # The thread has it: wait for its outcome (see the module docs).
+                with trio.CancelScope(shield=True):
+                    await call.done.wait()
         assert call.result is not None  # set before ``done``
         return call.result.unwrap()
 

@@ -39,6 +39,7 @@ from urllib.parse import parse_qsl
 
 import trio
 
+from ..._io_hold import io_in_flight
 from ..._model import (
     Job,
     JobState,
@@ -168,7 +169,8 @@ async def open(url: str) -> SQLiteStorage:
 async def schema_status(url: str) -> SchemaStatus:
     """The schema version of the file ``url`` names, read only."""
     path, _ = _parse_target(_path_of(url))
-    return await trio.to_thread.run_sync(read_status, path)
+    with io_in_flight():
+        return await trio.to_thread.run_sync(read_status, path)
 
 
 # -- the storage -----------------------------------------------------------
@@ -223,7 +225,8 @@ class SQLiteStorage:
             timeout = busy_timeout
         if not 0 <= timeout < 1e6:
             raise ValueError(f"busy_timeout must be >= 0 seconds (and finite), got {timeout!r}")
-        conn = await trio.to_thread.run_sync(connect, file_path, timeout)
+        with io_in_flight():
+            conn = await trio.to_thread.run_sync(connect, file_path, timeout)
         return cls(conn, file_path, timeout)
 
     def __repr__(self) -> str:
