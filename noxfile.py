@@ -12,7 +12,7 @@ import nox
 
 PYTHON = "3.11"
 #: Every extra the tests, type checks and docs need.
-EXTRAS = ".[test,postgres,cli,metrics,otel]"
+EXTRAS = ".[test,postgres,cli,metrics,otel,dashboard]"
 ROOT = Path(__file__).parent
 LINT_PATHS = ["trio_monitor", "tests", "benchmarks", "noxfile.py", "docs/conf.py", "docs/_ext"]
 # Peer libraries the benchmarks compare against (not needed by the package).
@@ -64,7 +64,7 @@ def docs(session: nox.Session) -> None:
     """Build the HTML docs, warnings as errors."""
     # The CLI reference is generated from the commands, and the metrics and
     # tracing references import their modules: install those extras too.
-    session.install(".[cli,metrics,otel]", "sphinx", "sphinxcontrib-trio", "furo")
+    session.install(".[cli,metrics,otel,dashboard]", "sphinx", "sphinxcontrib-trio", "furo")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
