@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from functools import partial
+from typing import cast
 
 import click
 import trio
@@ -27,7 +28,8 @@ def _bind(host: str, port: int) -> str:
 
 async def _serve(url: str, host: str, port: int, token: str | None, read_only: bool) -> None:
     from hypercorn.config import Config
-    from hypercorn.trio import serve
+    from hypercorn.trio import serve  # pyright: ignore[reportUnknownVariableType]
+    from hypercorn.typing import ASGIFramework
 
     from trio_monitor.jobs.dashboard import create_app
 
@@ -36,7 +38,8 @@ async def _serve(url: str, host: str, port: int, token: str | None, read_only: b
     config.accesslog = None
     config.errorlog = "-"
     async with open_cli_storage(url) as storage:
-        app = create_app(storage, token=token, read_only=read_only)
+        # Starlette's ASGI types are looser than Hypercorn's; the app is a valid ASGI 3 app.
+        app = cast("ASGIFramework", create_app(storage, token=token, read_only=read_only))
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
             async def stop_on_signal() -> None:

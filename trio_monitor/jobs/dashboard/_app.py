@@ -161,7 +161,7 @@ def _age(seconds: float) -> str:
 def _static_files() -> dict[str, tuple[bytes, str]]:
     folder = resources.files(__package__ or "trio_monitor.jobs.dashboard") / "static"
     types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
-    files = {}
+    files: dict[str, tuple[bytes, str]] = {}
     for entry in folder.iterdir():
         suffix = "." + entry.name.rpartition(".")[2]
         if entry.is_file() and suffix in types:
@@ -194,9 +194,7 @@ class Dashboard:
         base = request.scope.get("root_path", "")
         browser_id = request.scope.get("state", {}).get("csrf_browser_id", "")
         notice = NOTICES.get(request.query_params.get("notice", ""))
-        disabled = unavailable_actions(self.source) | (
-            frozenset(ACTIONS) if self.read_only else frozenset()
-        )
+        disabled = frozenset(ACTIONS) if self.read_only else unavailable_actions(self.source)
         html = self.env.get_template(template).render(
             base=base,
             csrf_field=CSRF_FIELD,

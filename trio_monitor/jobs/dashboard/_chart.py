@@ -132,7 +132,7 @@ def _bars(start: datetime, counts: list[list[int]], unsampled: int, peak: int) -
     slot = (WIDTH - LEFT - RIGHT) / MINUTES
     scale = plot_height / peak if peak else 0.0
     bottom = HEIGHT - BOTTOM
-    bars = []
+    bars: list[Bar] = []
     for i, (ok, bad) in enumerate(counts):
         ok_height = ok * scale
         bad_height = bad * scale
