@@ -69,6 +69,22 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def screenshots(session: nox.Session) -> None:
+    """Re-take the dashboard screenshots in docs/_static/dashboard with the browser tests."""
+    session.install(EXTRAS)
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/dashboard/test_browser.py",
+        env={
+            "TRIO_MONITOR_SCREENSHOTS": str(ROOT / "docs" / "_static" / "dashboard"),
+            "TRIO_MONITOR_REQUIRE_BROWSER": "1",
+        },
+    )
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Run every benchmarks/bench_*.py; arguments are passed on (e.g. ``--quick``)."""
     session.install(".[postgres]")

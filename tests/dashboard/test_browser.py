@@ -66,13 +66,18 @@ if not (os.path.exists(CHROMIUM) and shutil.which(CHROMIUM)):
 
 async def _seed_live(storage: jobs.Storage) -> dict[str, str]:
     ids = await seed(storage)
-    hostile = job(HOSTILE, {"note": HOSTILE}, state=jobs.Failed(HOSTILE), queue="hostile")
+    hostile = job(HOSTILE, {"note": HOSTILE}, state=jobs.Failed(HOSTILE), queue="webhooks")
     await storage.enqueue(hostile)
     ids["hostile"] = hostile.id
     retryable = job(
         "charge_card",
         {"card": "4000", "amount": 500},
-        state=jobs.Failed("PaymentGatewayTimeout: no answer within 10 s"),
+        state=jobs.Failed(
+            "Traceback (most recent call last):\n"
+            '  File "shop/payments.py", line 42, in charge_card\n'
+            "    receipt = await gateway.charge(card, amount)\n"
+            "PaymentGatewayTimeout: no answer within 10 s"
+        ),
         queue="payments",
         attempts=3,
     )
@@ -196,7 +201,7 @@ def test_pause_a_queue(live: LiveDashboard, page: Page) -> None:
 
 def test_hostile_job_data_runs_no_script(live: LiveDashboard, page: Page) -> None:
     job_id = live.ids["hostile"]
-    for path in ("/", "/jobs?queue=hostile", "/queues", "/recurring", f"/jobs/{job_id}"):
+    for path in ("/", "/jobs?queue=webhooks", "/queues", "/recurring", f"/jobs/{job_id}"):
         page.goto(live.url + path)
         page.wait_for_load_state("load")
         assert page.evaluate("window.__pwned") is None, path

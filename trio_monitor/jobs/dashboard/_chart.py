@@ -20,7 +20,7 @@ from .._model import Job
 __all__ = ["SAMPLE", "Chart", "finished_at", "throughput"]
 
 #: Finished jobs of each outcome read for the chart.
-SAMPLE = 2000
+SAMPLE = 1000
 #: Minutes in the chart.
 MINUTES = 60
 
