@@ -113,6 +113,16 @@ async def test_retry_delete_and_bulk_retry(storage: jobs.Storage) -> None:
     assert states[done.id] == "succeeded"
 
 
+async def test_bulk_retry_pages_through_more_than_one_batch(storage: jobs.Storage) -> None:
+    failed = [job("m", i, state=jobs.Failed("x")) for i in range(1234)]
+    await storage.enqueue_many(failed)
+    async with dashboard(storage) as client:
+        token = await csrf_token(client)
+        response = await client.post("/jobs/retry-failed", data={"csrf_token": token})
+        assert response.status_code == 303
+    assert (await storage.count_by_state()) == {"enqueued": 1234}
+
+
 async def test_actions_without_job_control_say_so(storage: jobs.Storage) -> None:
     queued = job()
     await storage.enqueue(queued)

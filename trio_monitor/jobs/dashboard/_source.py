@@ -172,7 +172,10 @@ class StorageSource:
         limit: int = 100,
         before: str | None = None,
     ) -> list[Job]:
-        rows = await self.storage.list_jobs(state=state)
+        # The cursor means "created before that job", whatever its state is
+        # now (a bulk retry moves the jobs it pages through out of Failed):
+        # find it among all jobs.
+        rows = await self.storage.list_jobs(state=None if before is not None else state)
         rows.reverse()  # newest first
         if before is not None:
             cut = next((i for i, job in enumerate(rows) if job.id == before), None)
@@ -181,7 +184,11 @@ class StorageSource:
         for job in rows:
             if len(page) >= limit:
                 break
-            if (queue is None or job.queue == queue) and (method is None or job.method == method):
+            if (
+                (state is None or isinstance(job.state, state))
+                and (queue is None or job.queue == queue)
+                and (method is None or job.method == method)
+            ):
                 page.append(job)
         return page
 
