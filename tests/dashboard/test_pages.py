@@ -157,6 +157,26 @@ async def test_queues_servers_recurring_pages(storage: jobs.Storage) -> None:
         assert "0 0 3 * * *" in recurring
 
 
+async def test_big_counts_are_reread_at_most_every_few_seconds(
+    storage: jobs.Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_monitor.jobs.dashboard import _app
+
+    monkeypatch.setattr(_app, "COUNTS_EXACT_LIMIT", 1)
+    await storage.enqueue_many([job(), job()])
+    async with dashboard(storage) as client:
+        first = (await client.get("/", headers=HTML)).text
+        assert "the counts are estimates" in first
+        assert "from the last reading" not in first
+        await storage.enqueue(job())
+        second = (await client.get("/", headers=HTML)).text
+        assert "from the last reading" in second
+        assert 'data-count="enqueued">2<' in second  # not re-read yet
+        monkeypatch.setattr(_app, "COUNTS_MAX_AGE", 0.0)
+        third = (await client.get("/", headers=HTML)).text
+        assert 'data-count="enqueued">3<' in third
+
+
 async def test_metrics_and_healthz(storage: jobs.Storage) -> None:
     await storage.enqueue(job(state=jobs.Failed("x"), queue="emails"))
     async with dashboard(storage) as client:
