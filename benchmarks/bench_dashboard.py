@@ -1,10 +1,10 @@
-"""Benchmark: dashboard response times with a million jobs in SQLite.
+"""Benchmark: dashboard response times with a million jobs in SQLite and PostgreSQL.
 
 Times the overview (``/``), the jobs list (``/jobs``, first page and the
 failed filter) and a job page, served in-process (httpx's ASGI transport,
-no sockets) by ``create_app`` over a SQLite file holding N jobs: 90%
+no sockets) by ``create_app`` over a database holding N jobs: 90%
 succeeded, 5% failed, the rest enqueued or scheduled, created over the last
-two hours. Target: p95 under 100 ms.
+two hours, in four queues. Target: p95 under 100 ms.
 
 The dashboard reads through a ``DashboardSource``. Two are timed:
 
@@ -12,30 +12,34 @@ The dashboard reads through a ``DashboardSource``. Two are timed:
   lists oldest first and filters by state only: a newest-first page reads
   every job of that state. This is what ships until ``jobs.Client`` lands.
 * ``keyset``: a stand-in for the client's listing (SPEC §6), one SQL query
-  per page, ``WHERE seq < cursor ORDER BY seq DESC LIMIT n`` on the indexed
+  per page, ``WHERE seq < cursor ORDER BY seq DESC LIMIT n`` on the
   creation order, and counts ``GROUP BY queue, state``. It shows what the
   dashboard itself costs once the client does that; re-measure with the
-  client itself when it is merged.
+  client itself when it is merged. On PostgreSQL the stand-in first adds
+  the indexes such a listing needs (``(seq)`` and ``(state, seq)``; today's
+  schema has only partial ones), as the client's schema must.
 
-Baseline, side by side on the same file: the queries alone in stdlib
-``sqlite3`` (no decoding, no rendering).
+Baseline, side by side on the same database: the queries alone (stdlib
+``sqlite3`` or psycopg; no decoding, no rendering).
 
 Endpoints alternate round by round after one warm-up request each; an
 endpoint whose requests take seconds gets fewer rounds (``--budget``
-seconds each). Prints p50, p95, min and max.
+seconds each, at least 3). Prints p50, p95, min and max.
 
-    python benchmarks/bench_dashboard.py [--quick] [--jobs N] [--rounds R] [--dir D]
+    python benchmarks/bench_dashboard.py [--quick] [--jobs N] [--rounds R]
+        [--backends sqlite,postgres] [--dir D]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,12 +48,13 @@ import httpx
 import trio
 
 from trio_monitor import jobs
-
-# Private: the stand-in decodes rows as the SQLite backend does.
-from trio_monitor.jobs._sqlite import _JOB_COLUMNS, _job_from_row
 from trio_monitor.jobs.dashboard import StorageSource, create_app
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
 BATCH = 20_000
+Query = Callable[[str, Sequence[object]], list[Any]]
 
 
 def _job(i: int, n: int, now: datetime) -> jobs.Job:
@@ -71,10 +76,10 @@ def _job(i: int, n: int, now: datetime) -> jobs.Job:
     return row
 
 
-async def build(path: Path, n: int) -> str:
+async def build(url: str, n: int) -> str:
     now = datetime.now(UTC)
     last_id = ""
-    async with jobs.open_storage(f"sqlite:///{path}") as storage:
+    async with jobs.open_storage(url) as storage:
         for first in range(0, n, BATCH):
             batch = [_job(i, n, now) for i in range(first, min(n, first + BATCH))]
             await storage.enqueue_many(batch)
@@ -82,19 +87,28 @@ async def build(path: Path, n: int) -> str:
     return last_id
 
 
-class KeysetSource(StorageSource):
-    """A stand-in for ``jobs.Client``'s keyset ``list_jobs`` and ``counts`` on SQLite."""
+class Backend:
+    """How to reach one database with raw SQL, and decode its job rows."""
 
-    def __init__(self, storage: jobs.Storage, path: Path) -> None:
+    def __init__(
+        self, name: str, url: str, query: Query, table: str, mark: str, decode: Any, columns: str
+    ) -> None:
+        self.name, self.url, self.query = name, url, query
+        self.table, self.mark, self.decode, self.columns = table, mark, decode, columns
+
+
+class KeysetSource(StorageSource):
+    """A stand-in for ``jobs.Client``'s keyset ``list_jobs`` and ``counts``."""
+
+    def __init__(self, storage: jobs.Storage, backend: Backend) -> None:
         super().__init__(storage)
-        self._conn = sqlite3.connect(path, check_same_thread=False)
+        self._backend = backend
         self._limiter = trio.CapacityLimiter(1)
 
-    async def _query(self, sql: str, params: tuple[object, ...]) -> list[Any]:
-        def run() -> list[Any]:
-            return self._conn.execute(sql, params).fetchall()
-
-        return await trio.to_thread.run_sync(run, limiter=self._limiter)
+    async def _query(self, sql: str, params: Sequence[object]) -> list[Any]:
+        return await trio.to_thread.run_sync(
+            self._backend.query, sql, params, limiter=self._limiter
+        )
 
     async def list_jobs(
         self,
@@ -105,29 +119,66 @@ class KeysetSource(StorageSource):
         limit: int = 100,
         before: str | None = None,
     ) -> list[jobs.Job]:
-        where, params = [], []
-        for column, value in (("state", state.name if state else None), ("queue", queue)):
+        b = self._backend
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (
+            ("state", state.name if state else None),
+            ("queue", queue),
+            ("method", method),
+        ):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(f"{column} = {b.mark}")
                 params.append(value)
-        if method is not None:
-            where.append("method = ?")
-            params.append(method)
         if before is not None:
-            where.append("seq < (SELECT seq FROM jobs WHERE id = ?)")
+            where.append(f"seq < (SELECT seq FROM {b.table} WHERE id = {b.mark})")
             params.append(before)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._query(
-            f"SELECT {_JOB_COLUMNS} FROM jobs{clause} ORDER BY seq DESC LIMIT ?",
-            (*params, limit),
-        )
-        return [_job_from_row(row) for row in rows]
+        sql = f"SELECT {b.columns} FROM {b.table}{clause} ORDER BY seq DESC LIMIT {b.mark}"
+        return [b.decode(row) for row in await self._query(sql, [*params, limit])]
 
     async def counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._query(
-            "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state", ()
+        sql = f"SELECT queue, state, count(*) FROM {self._backend.table} GROUP BY queue, state"
+        return {(queue, state): n for queue, state, n in await self._query(sql, ())}
+
+
+@contextlib.contextmanager
+def sqlite_backend(workdir: Path) -> Iterator[Backend]:
+    # Private: the stand-in decodes rows as the SQLite backend does.
+    from trio_monitor.jobs._sqlite import _JOB_COLUMNS, _job_from_row
+
+    path = workdir / "dashboard.db"
+    conn = sqlite3.connect(path, check_same_thread=False)
+
+    def query(sql: str, params: Sequence[object]) -> list[Any]:
+        return conn.execute(sql, tuple(params)).fetchall()
+
+    try:
+        yield Backend(
+            "sqlite", f"sqlite:///{path}", query, "jobs", "?", _job_from_row, _JOB_COLUMNS
         )
-        return {(queue, state): n for queue, state, n in rows}
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def postgres_backend(workdir: Path) -> Iterator[Backend]:
+    import psycopg
+
+    from tests.pg_cluster import PgCluster
+    from trio_monitor.jobs._postgres import _JOB_COLUMNS, _JOBS, _job_from_row
+
+    with PgCluster.start() as cluster:
+        url = cluster.create_database("bench_dashboard")
+        conn = psycopg.connect(url, autocommit=True)
+
+        def query(sql: str, params: Sequence[object]) -> list[Any]:
+            return conn.execute(sql.encode(), tuple(params)).fetchall()
+
+        try:
+            yield Backend("postgres", url, query, _JOBS, "%s", _job_from_row, _JOB_COLUMNS)
+        finally:
+            conn.close()
 
 
 def _summary(samples: list[float]) -> str:
@@ -139,31 +190,30 @@ def _summary(samples: list[float]) -> str:
     )
 
 
-def raw_floor(path: Path, rounds: int) -> dict[str, list[float]]:
-    conn = sqlite3.connect(path)
-    queries: dict[str, Callable[[], object]] = {
-        "raw keyset page (50 newest)": lambda: conn.execute(
-            "SELECT * FROM jobs ORDER BY seq DESC LIMIT 50"
-        ).fetchall(),
-        "raw failed page (50 newest)": lambda: conn.execute(
-            "SELECT * FROM jobs WHERE state = 'failed' ORDER BY seq DESC LIMIT 50"
-        ).fetchall(),
-        "raw exact counts by queue, state": lambda: conn.execute(
-            "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state"
-        ).fetchall(),
+def raw_floor(backend: Backend, rounds: int) -> dict[str, list[float]]:
+    t, m = backend.table, backend.mark
+    queries = {
+        "raw keyset page (50 newest)": (f"SELECT * FROM {t} ORDER BY seq DESC LIMIT 50", ()),
+        "raw failed page (50 newest)": (
+            f"SELECT * FROM {t} WHERE state = {m} ORDER BY seq DESC LIMIT 50",
+            ("failed",),
+        ),
+        "raw exact counts by queue, state": (
+            f"SELECT queue, state, count(*) FROM {t} GROUP BY queue, state",
+            (),
+        ),
     }
     times: dict[str, list[float]] = {name: [] for name in queries}
     for _ in range(rounds):
-        for name, query in queries.items():
+        for name, (sql, params) in queries.items():
             start = time.perf_counter()
-            query()
+            backend.query(sql, params)
             times[name].append(time.perf_counter() - start)
-    conn.close()
     return times
 
 
 async def measure(
-    path: Path, job_id: str, rounds: int, budget: float, keyset: bool
+    backend: Backend, job_id: str, rounds: int, budget: float, keyset: bool
 ) -> dict[str, list[float]]:
     endpoints = {
         "GET / (overview)": "/",
@@ -173,11 +223,12 @@ async def measure(
     }
     times: dict[str, list[float]] = {name: [] for name in endpoints}
     spent = dict.fromkeys(endpoints, 0.0)
-    async with jobs.open_storage(f"sqlite:///{path}") as storage:
+    async with jobs.open_storage(backend.url) as storage:
         app = create_app(storage)
         if keyset:
+            # Swap the source the app reads through (and the counts cache over it).
             dashboard = app.state.dashboard
-            dashboard.source = KeysetSource(storage, path)
+            dashboard.source = KeysetSource(storage, backend)
             dashboard.counts = type(dashboard.counts)(dashboard.source.counts)
         transport = httpx.ASGITransport(app, client=("127.0.0.1", 1))
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
@@ -196,28 +247,44 @@ async def measure(
     return times
 
 
+def run_backend(backend: Backend, n: int, rounds: int, budget: float) -> None:
+    start = time.perf_counter()
+    job_id = trio.run(build, backend.url, n)
+    print(f"{backend.name}: built {n:,} jobs in {time.perf_counter() - start:.1f} s")
+    results: dict[str, dict[str, list[float]]] = {}
+    results["storage"] = trio.run(measure, backend, job_id, rounds, budget, False)
+    if backend.name == "postgres":
+        for columns in ("seq", "state, seq"):
+            backend.query(f"CREATE INDEX ON {backend.table} ({columns})", ())
+        backend.query(f"ANALYZE {backend.table}", ())
+    results["keyset"] = trio.run(measure, backend, job_id, rounds, budget, True)
+    results["raw"] = raw_floor(backend, rounds)
+    for source, timings in results.items():
+        for name, samples in timings.items():
+            print(f"  {source:8} {name:36} {_summary(samples)}")
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20,000 jobs, few rounds")
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per endpoint")
+    parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
     n = 20_000 if args.quick else args.jobs
     rounds = 5 if args.quick else args.rounds
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        path = Path(tmp) / "dashboard.db"
-        start = time.perf_counter()
-        job_id = trio.run(build, path, n)
-        print(f"built {n:,} jobs in SQLite in {time.perf_counter() - start:.1f} s")
-        print(f"rounds: {rounds} per endpoint (fewer past {args.budget:g} s of requests)")
-        for source in ("storage", "keyset"):
-            results = trio.run(measure, path, job_id, rounds, args.budget, source == "keyset")
-            for name, samples in results.items():
-                print(f"{source:8} {name:36} {_summary(samples)}")
-        for name, samples in raw_floor(path, rounds).items():
-            print(f"{'sqlite3':8} {name:36} {_summary(samples)}")
+    print(f"rounds: {rounds} per endpoint (at least 3; fewer past {args.budget:g} s of requests)")
+    makers = {"sqlite": sqlite_backend, "postgres": postgres_backend}
+    for name in args.backends.split(","):
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, contextlib.ExitStack() as stack:
+            try:
+                backend = stack.enter_context(makers[name](Path(tmp)))
+            except (ImportError, RuntimeError) as exc:
+                print(f"{name}: skipped ({exc})")
+                continue
+            run_backend(backend, n, rounds, args.budget)
     return 0
 
 
