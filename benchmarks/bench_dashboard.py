@@ -226,10 +226,8 @@ async def measure(
     async with jobs.open_storage(backend.url) as storage:
         app = create_app(storage)
         if keyset:
-            # Swap the source the app reads through (and the counts cache over it).
-            dashboard = app.state.dashboard
-            dashboard.source = KeysetSource(storage, backend)
-            dashboard.counts = type(dashboard.counts)(dashboard.source.counts)
+            # Swap the source the app reads through.
+            app.state.dashboard.use_source(KeysetSource(storage, backend))
         transport = httpx.ASGITransport(app, client=("127.0.0.1", 1))
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             for url in endpoints.values():  # warm-up

@@ -320,5 +320,7 @@ def test_create_app_checks_its_arguments() -> None:
     storage = object()
     with pytest.raises(ValueError, match="token"):
         create_app(storage, token="")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="token"):
+        create_app(storage, token=b"bytes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="read_only"):
         create_app(storage, read_only="yes")  # type: ignore[arg-type]

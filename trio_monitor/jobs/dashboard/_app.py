@@ -8,14 +8,15 @@ parts of a page marked ``data-live`` every few seconds without a reload.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, get_args
+from urllib.parse import quote, urlencode
 
 import attrs
 import jinja2
@@ -31,6 +32,7 @@ from trio_monitor import metrics
 
 from .._model import Failed, Job, JobState, Succeeded, utcnow
 from .._storage import Storage
+from ._cache import Cached, refresh_in_background
 from ._chart import SAMPLE, throughput
 from ._security import (
     CSRF_FIELD,
@@ -51,6 +53,8 @@ STATES: dict[str, type[JobState]] = {cls.name: cls for cls in get_args(JobState)
 #: Above this many jobs, counts are re-read at most every :data:`COUNTS_MAX_AGE` seconds.
 COUNTS_EXACT_LIMIT = 100_000
 COUNTS_MAX_AGE = 10.0
+#: While the chart's sample is full (a busy hour), it is re-read at most this often.
+CHART_MAX_AGE = 5.0
 #: Page sizes the jobs list accepts.
 PAGE_SIZES = (25, 50, 100, 200)
 #: How many failed jobs one "retry all failed" retries at most.
@@ -95,30 +99,12 @@ class Counts:
         return sorted({queue for queue, _ in self.by_queue_state})
 
 
-class CountsCache:
-    """Counts that are re-read on every request while small, every few seconds once big.
+def _counts_max_age(counts: Counts) -> float:
+    return COUNTS_MAX_AGE if counts.total > COUNTS_EXACT_LIMIT else 0.0
 
-    Counting millions of rows takes a database a while; over
-    :data:`COUNTS_EXACT_LIMIT` jobs the page says its counts may be up to
-    :data:`COUNTS_MAX_AGE` seconds old (as Oban Web does), and one request
-    at a time pays for a recount.
-    """
 
-    def __init__(self, read: Callable[[], Awaitable[dict[tuple[str, str], int]]]) -> None:
-        self._read = read
-        self._lock = trio.Lock()
-        self._last: Counts | None = None
-        self._read_at = -math.inf
-
-    async def get(self) -> Counts:
-        async with self._lock:
-            last = self._last
-            fresh = time.monotonic() - self._read_at < COUNTS_MAX_AGE
-            if last is not None and last.total > COUNTS_EXACT_LIMIT and fresh:
-                return attrs.evolve(last, cached=True)
-            counts = Counts(await self._read(), utcnow(), cached=False)
-            self._last, self._read_at = counts, time.monotonic()
-            return counts
+def _samples_max_age(samples: tuple[list[Job], list[Job]]) -> float:
+    return CHART_MAX_AGE if any(len(rows) >= SAMPLE for rows in samples) else 0.0
 
 
 def _environment() -> jinja2.Environment:
@@ -178,13 +164,40 @@ class Dashboard:
         self.guard = Guard(token)
         self.read_only = read_only
         self.env = _environment()
-        self.counts = CountsCache(self.source.counts)
+        self.use_source(self.source)
         self.static = _static_files()
         self.registry = metrics.CollectorRegistry(auto_describe=True)
         self.job_counts = metrics.JobCountsCollector(self._metric_counts, registry=self.registry)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncGenerator[None, None]:
+        """While the app runs, keep the costly readings fresh in a background task."""
+        async with trio.open_nursery() as nursery:
+            readings: list[Cached[Any]] = [self.counts, self.samples]
+            await nursery.start(refresh_in_background, readings)
+            yield
+            nursery.cancel_scope.cancel()
+
+    def use_source(self, source: DashboardSource) -> None:
+        """Read from ``source`` from now on (and forget what was read before)."""
+        self.source = source
+        self.counts = Cached(self._read_counts, _counts_max_age)
+        self.samples = Cached(self._read_samples, _samples_max_age)
+
+    async def _read_counts(self) -> Counts:
+        return Counts(await self.source.counts(), utcnow(), cached=False)
+
+    async def _read_samples(self) -> tuple[list[Job], list[Job]]:
+        succeeded = await self.source.list_jobs(state=Succeeded, limit=SAMPLE)
+        failed = await self.source.list_jobs(state=Failed, limit=SAMPLE)
+        return succeeded, failed
+
+    async def read_counts(self) -> Counts:
+        counts, reused = await self.counts.get()
+        return attrs.evolve(counts, cached=reused)
+
     async def _metric_counts(self) -> Mapping[tuple[str, str], int]:
-        return (await self.counts.get()).by_queue_state
+        return (await self.read_counts()).by_queue_state
 
     # -- rendering ------------------------------------------------------------
 
@@ -213,9 +226,8 @@ class Dashboard:
 
     async def overview(self, request: Request) -> Response:
         now = utcnow()
-        counts = await self.counts.get()
-        succeeded = await self.source.list_jobs(state=Succeeded, limit=SAMPLE)
-        failed = await self.source.list_jobs(state=Failed, limit=SAMPLE)
+        counts = await self.read_counts()
+        (succeeded, failed), _ = await self.samples.get()
         chart = throughput(succeeded, failed, now)
         servers = await self.source.servers()
         by_state = counts.by_state()
@@ -232,6 +244,7 @@ class Dashboard:
             all_time_failure_rate=by_state.get("failed", 0) / finished if finished else None,
             counts_exact_limit=COUNTS_EXACT_LIMIT,
             counts_max_age=COUNTS_MAX_AGE,
+            chart_max_age=_samples_max_age((succeeded, failed)) or None,
         )
 
     async def jobs(self, request: Request) -> Response:
@@ -441,15 +454,12 @@ class Dashboard:
 
 
 def _quote(value: str) -> str:
-    from urllib.parse import quote
-
+    """``value`` as one URL path segment (a ``/`` in a queue name stays inside it)."""
     return quote(value, safe="")
 
 
 def _query(**params: object) -> str:
     """A query string from the non-empty ``params``."""
-    from urllib.parse import urlencode
-
     return urlencode({k: v for k, v in params.items() if v not in (None, "")})
 
 
@@ -511,7 +521,7 @@ def create_app(storage: Storage, *, token: str | None = None, read_only: bool = 
 
     Raises:
       ValueError: ``token`` is an empty string.
-      TypeError: ``read_only`` is not a bool.
+      TypeError: ``token`` is not a str, or ``read_only`` is not a bool.
     """
     if not isinstance(read_only, bool):
         raise TypeError(f"read_only must be a bool, got {read_only!r}")
@@ -546,6 +556,7 @@ def create_app(storage: Storage, *, token: str | None = None, read_only: bool = 
             Middleware(SecurityMiddleware, guard=dashboard.guard, login_page=dashboard.login_page)
         ],
         exception_handlers=handlers,
+        lifespan=dashboard.lifespan,
     )
     app.state.dashboard = dashboard
     return app

@@ -98,8 +98,10 @@ class Guard:
     """The token and the CSRF secret of one dashboard app."""
 
     def __init__(self, token: str | None) -> None:
-        if token is not None and (not isinstance(token, str) or not token):
-            raise ValueError("token must be a non-empty str or None")
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"token must be a str or None, got {type(token).__name__}")
+        if token == "":
+            raise ValueError("token must not be empty (pass None for no token)")
         self.token = token
         self._secret = secrets.token_bytes(32)
         self._session = (
