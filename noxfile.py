@@ -87,7 +87,8 @@ def screenshots(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Run every benchmarks/bench_*.py; arguments are passed on (e.g. ``--quick``)."""
-    session.install(".[postgres]")
+    # The dashboard benchmark drives the app through httpx's ASGI transport.
+    session.install(".[postgres,dashboard]", "httpx")
     missing = []
     for peer in BENCH_PEERS:
         # One peer that fails to install must not cost the others' comparisons.
