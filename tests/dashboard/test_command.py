@@ -62,3 +62,18 @@ def test_with_a_token_every_request_needs_it(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
+
+
+def test_without_the_dashboard_extra_one_line_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trio_monitor.cli import main
+
+    for name in list(sys.modules):
+        if name.startswith("trio_monitor.jobs.dashboard"):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "starlette", None)  # import starlette -> ImportError
+    assert main(["dashboard", "--storage", "memory://"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "pip install 'trio-monitor[dashboard]'" in err
