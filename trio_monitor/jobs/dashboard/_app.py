@@ -118,6 +118,8 @@ def _environment() -> jinja2.Environment:
     env.filters["pretty_json"] = _pretty_json
     env.filters["when"] = _when
     env.filters["age"] = _age
+    env.filters["short_when"] = _short_when
+    env.filters["last_line"] = _last_line
     env.filters["segment"] = _quote
     env.filters["number"] = lambda n: f"{n:,}"
     return env
@@ -131,6 +133,16 @@ def _when(value: datetime | None) -> str:
     if value is None:
         return "—"
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _short_when(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%m-%d %H:%M:%S")
+
+
+def _last_line(text: str) -> str:
+    """The last non-blank line: for a traceback, the exception itself."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
 
 
 def _age(seconds: float) -> str:
