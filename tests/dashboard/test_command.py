@@ -72,7 +72,9 @@ def test_without_the_dashboard_extra_one_line_says_what_to_install(
     for name in list(sys.modules):
         if name.startswith("trio_monitor.jobs.dashboard"):
             monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "starlette", None)  # import starlette -> ImportError
+        elif name == "starlette" or name.startswith("starlette."):
+            monkeypatch.setitem(sys.modules, name, None)  # import starlette... -> ImportError
+    monkeypatch.setitem(sys.modules, "starlette", None)
     assert main(["dashboard", "--storage", "memory://"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
