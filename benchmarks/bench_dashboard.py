@@ -36,7 +36,6 @@ each, at least 3). Prints p50, p95, min and max.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sqlite3
 import statistics
@@ -51,6 +50,7 @@ from typing import Any
 
 import httpx
 import trio
+from _harness import arguments, machine
 
 from trio_monitor import jobs
 from trio_monitor.jobs.dashboard import StorageSource, create_app
@@ -172,20 +172,19 @@ class _PerThread:
 @contextlib.contextmanager
 def sqlite_backend(workdir: Path) -> Iterator[Backend]:
     # Private: the stand-in decodes rows as the SQLite backend does.
-    from trio_monitor.jobs._sqlite import _JOB_COLUMNS, _job_from_row
+    from trio_monitor.jobs._backends._rows import JOB_COLUMNS
+    from trio_monitor.jobs._backends._sqlite._storage import _job
 
     path = workdir / "dashboard.db"
-    conn = sqlite3.connect(path, check_same_thread=False)
+    connections = _PerThread(lambda: sqlite3.connect(path))
 
     def query(sql: str, params: Sequence[object]) -> list[Any]:
-        return conn.execute(sql, tuple(params)).fetchall()
+        return connections.get().execute(sql, tuple(params)).fetchall()
 
     try:
-        yield Backend(
-            "sqlite", f"sqlite:///{path}", query, "jobs", "?", _job_from_row, _JOB_COLUMNS
-        )
+        yield Backend("sqlite", f"sqlite:///{path}", query, "jobs", "?", _job, JOB_COLUMNS)
     finally:
-        conn.close()
+        connections.close()
 
 
 @contextlib.contextmanager
@@ -193,7 +192,9 @@ def postgres_backend(workdir: Path) -> Iterator[Backend]:
     import psycopg
 
     from tests.pg_cluster import PgCluster
-    from trio_monitor.jobs._postgres import _JOB_COLUMNS, _JOBS, _job_from_row
+    from trio_monitor.jobs._backends._postgres._schema import JOBS
+    from trio_monitor.jobs._backends._postgres._storage import _job
+    from trio_monitor.jobs._backends._rows import JOB_COLUMNS
 
     with PgCluster.start() as cluster:
         url = cluster.create_database("bench_dashboard")
@@ -204,7 +205,7 @@ def postgres_backend(workdir: Path) -> Iterator[Backend]:
             return cursor.fetchall() if cursor.description is not None else []
 
         try:
-            yield Backend("postgres", url, query, _JOBS, "%s", _job_from_row, _JOB_COLUMNS)
+            yield Backend("postgres", url, query, JOBS, "%s", _job, JOB_COLUMNS)
         finally:
             connections.close()
 
@@ -278,12 +279,15 @@ async def measure(
     return times
 
 
-def run_backend(backend: Backend, n: int, rounds: int, budget: float, interval: float) -> None:
+def run_backend(
+    backend: Backend, n: int, rounds: int, budget: float, interval: float, sources: str
+) -> None:
     start = time.perf_counter()
     job_id = trio.run(build, backend.url, n)
     print(f"{backend.name}: built {n:,} jobs in {time.perf_counter() - start:.1f} s")
     results: dict[str, dict[str, list[float]]] = {}
-    results["storage"] = trio.run(measure, backend, job_id, rounds, budget, interval, False)
+    if "storage" in sources:
+        results["storage"] = trio.run(measure, backend, job_id, rounds, budget, interval, False)
     if backend.name == "postgres":
         for columns in ("seq", "state, seq"):
             backend.query(f"CREATE INDEX ON {backend.table} ({columns})", ())
@@ -296,20 +300,22 @@ def run_backend(backend: Backend, n: int, rounds: int, budget: float, interval: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20,000 jobs, few rounds")
+    parser = arguments((__doc__ or "").splitlines()[0], rounds=30)
     parser.add_argument("--jobs", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per endpoint")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument(
         "--interval", type=float, default=1.0, help="seconds between rounds (polling)"
     )
+    parser.add_argument(
+        "--sources", default="storage,keyset", help="storage (today's protocol), keyset"
+    )
     parser.add_argument("--dir", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args()  # --plot is accepted; this benchmark draws no chart
     n = 20_000 if args.quick else args.jobs
     rounds = 5 if args.quick else args.rounds
     interval = 0.1 if args.quick else args.interval
+    print(machine())
     print(f"rounds: {rounds} per endpoint (at least 3; fewer past {args.budget:g} s of requests)")
     makers = {"sqlite": sqlite_backend, "postgres": postgres_backend}
     for name in args.backends.split(","):
@@ -319,7 +325,7 @@ def main() -> int:
             except (ImportError, RuntimeError) as exc:
                 print(f"{name}: skipped ({exc})")
                 continue
-            run_backend(backend, n, rounds, args.budget, interval)
+            run_backend(backend, n, rounds, args.budget, interval, args.sources)
     return 0
 
 

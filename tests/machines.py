@@ -78,6 +78,7 @@ class HostedMachine(RuleBasedStateMachine):
         with self._outer:
             try:
                 async with self.open_component() as component:
+                    self.component = component
                     self.failures = component.subscribe(math.inf)
                     self.opened(component)
                     await self._exit.wait()
@@ -128,6 +129,42 @@ class HostedMachine(RuleBasedStateMachine):
             self.host.close()
         finally:
             logging.getLogger(self.LOGGER).removeHandler(self.logs)
+
+
+class SubscribingMachine(HostedMachine):
+    """A machine whose rules also add and drop subscriptions (buffer of 1).
+
+    For components with ``subscribe()`` and ``statistics().subscribers``:
+    a closed subscription is counted out at once, before any failure is
+    published. ``extra`` holds the open ones (besides ``failures``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra: list[trio.MemoryReceiveChannel[tm.TaskFailure]] = []
+
+    def subscribing(self) -> bool:
+        return self.ready and not self.stopped and not self.exited.is_set()
+
+    @precondition(lambda self: self.subscribing())
+    @rule()
+    def subscribe(self) -> None:
+        self.extra.append(self.host.call(self._subscribe))
+
+    async def _subscribe(self) -> trio.MemoryReceiveChannel[tm.TaskFailure]:
+        channel: trio.MemoryReceiveChannel[tm.TaskFailure] = self.component.subscribe(1)
+        return channel
+
+    @precondition(lambda self: self.extra and self.subscribing())
+    @rule(data=st.data())
+    def unsubscribe(self, data: st.DataObject) -> None:
+        channel = data.draw(st.sampled_from(self.extra))
+        self.extra.remove(channel)
+        self.host.call(self._unsubscribe, channel)
+
+    async def _unsubscribe(self, channel: trio.MemoryReceiveChannel[tm.TaskFailure]) -> None:
+        channel.close()
+        assert self.component.statistics().subscribers == 1 + len(self.extra)
 
 
 class TaskMachine(HostedMachine):

@@ -51,6 +51,7 @@ async def test_job_metrics_time_runs_and_count_outcomes(autojump_clock: object) 
             retry_policy=jobs.RetryPolicy(max_attempts=2, initial_delay=1.0, jitter=0.0),
             middleware=[job_metrics.middleware],
             on_state_change=job_metrics.on_state_change,
+            clock=jobs.TrioWallClock(),  # retries due in virtual time
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
@@ -207,6 +208,29 @@ async def test_statistics_of_the_components() -> None:
         subscription.close()
         looping.abort()
         service.abort()
+
+
+async def test_statistics_of_a_supervisor(autojump_clock: trio.abc.Clock) -> None:
+    registry = CollectorRegistry()
+    runs = 0
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise ValueError("first run")
+        await trio.sleep_forever()
+
+    async with tm.open_supervisor(backoff=tm.Backoff(initial=0)) as sup:
+        subscription = sup.subscribe()
+        registry.register(metrics.StatisticsCollector("supervisor", sup))
+        await sup.start("flaky", flaky)
+        await trio.sleep(1)
+        assert _sample(registry, "trio_monitor_supervisor_children") == 1
+        assert _sample(registry, "trio_monitor_supervisor_restarts") == 1
+        assert _sample(registry, "trio_monitor_supervisor_subscribers") == 1
+        assert _sample(registry, "trio_monitor_supervisor_dropped_failures") == 0
+        subscription.close()
 
 
 def test_statistics_collector_checks_its_arguments() -> None:

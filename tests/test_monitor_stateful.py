@@ -32,14 +32,13 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import attrs
-import trio
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
 import trio_monitor as tm
 from tests.hostile import Misbehaviour, Track, UnprintableError
-from tests.machines import FAILS, MISBEHAVIOURS, SECONDS, TaskMachine
+from tests.machines import FAILS, MISBEHAVIOURS, SECONDS, SubscribingMachine, TaskMachine
 from tests.trio_host import STEP
 
 KINDS = st.sampled_from(["infinite", "finite", "fallible"])
@@ -67,13 +66,12 @@ class Task:
         return None
 
 
-class MonitorMachine(TaskMachine):
+class MonitorMachine(TaskMachine, SubscribingMachine):
     LOGGER = "trio_monitor"
 
     def __init__(self) -> None:
         super().__init__()
         self.tasks: dict[int, Task] = {}
-        self.extra: list[trio.MemoryReceiveChannel[tm.TaskFailure]] = []
         self.configure()
 
     def open_component(self) -> AbstractAsyncContextManager[tm.TaskMonitor]:
@@ -125,26 +123,6 @@ class MonitorMachine(TaskMachine):
         task.handle.abort_on_drop()
         # The last reference goes: the finalizer runs now.
         task.handle = None
-
-    @precondition(lambda self: not self.stopped)
-    @rule()
-    def subscribe(self) -> None:
-        self.extra.append(self.host.call(self._subscribe))
-
-    async def _subscribe(self) -> trio.MemoryReceiveChannel[tm.TaskFailure]:
-        return self.monitor.subscribe(1)
-
-    @precondition(lambda self: self.extra and not self.stopped)
-    @rule(data=st.data())
-    def unsubscribe(self, data: st.DataObject) -> None:
-        channel = data.draw(st.sampled_from(self.extra))
-        self.extra.remove(channel)
-        self.host.call(self._unsubscribe, channel)
-
-    async def _unsubscribe(self, channel: trio.MemoryReceiveChannel[tm.TaskFailure]) -> None:
-        channel.close()
-        # Counted out at once, before any failure is published.
-        assert self.monitor.statistics().subscribers == 1 + len(self.extra)
 
     @precondition(lambda self: self.tasks and not self.stopped)
     @rule(how=st.sampled_from(["exit", "raise", "outer"]))

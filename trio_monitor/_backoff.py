@@ -12,16 +12,9 @@ import random
 
 import attrs
 
-from ._validate import MAX_SECONDS, attrs_fraction, attrs_seconds
+from ._validate import MAX_SECONDS, attrs_fraction, attrs_multiplier, attrs_seconds
 
 __all__ = ["Backoff"]
-
-
-def _check_multiplier(_instance: object, _attribute: object, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"Backoff.multiplier must be a number, not {value!r}")
-    if not (math.isfinite(value) and value >= 1):
-        raise ValueError(f"Backoff.multiplier must be a finite number >= 1, not {value!r}")
 
 
 @attrs.frozen
@@ -46,7 +39,9 @@ class Backoff:
     """
 
     initial: float = attrs.field(default=0.1, validator=attrs_seconds("Backoff", "initial"))
-    multiplier: float = attrs.field(default=2.0, validator=_check_multiplier)
+    multiplier: float = attrs.field(
+        default=2.0, validator=attrs_multiplier("Backoff", "multiplier")
+    )
     max: float = attrs.field(
         default=30.0, validator=attrs_seconds("Backoff", "max", allow_inf=True)
     )
@@ -54,6 +49,8 @@ class Backoff:
 
     def base_delay(self, attempt: int) -> float:
         """The wait before retry ``attempt`` (1-based), without jitter."""
+        if not self.initial:
+            return 0.0  # 0 * inf would be NaN, and the overflow below a 30 s wait
         exponent = max(attempt - 1, 0)
         try:
             raw = self.initial * self.multiplier**exponent

@@ -8,12 +8,15 @@ as :attr:`Broadcaster.subscribers` is read, whichever comes first.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Generic, TypeVar
 
 import trio
 
-__all__ = ["Broadcaster"]
+from ._failures import Panic, TaskFailure, describe_reason
+
+__all__ = ["Broadcaster", "publish_or_log"]
 
 T = TypeVar("T")
 
@@ -87,3 +90,22 @@ class Broadcaster(Generic[T]):
         for send in self._senders:
             send.close()
         self._senders = []
+
+
+def publish_or_log(
+    broadcaster: Broadcaster[TaskFailure], failure: TaskFailure, logger: logging.Logger
+) -> None:
+    """Publish ``failure``; with nobody listening, log it at ERROR instead.
+
+    A failure with no subscriber (or only closed ones) must not vanish
+    silently: it goes to ``logger``, with the traceback of a :class:`Panic`.
+    """
+    if broadcaster.publish(failure):
+        return
+    logger.error(
+        "task %r (id %d) failed with no subscriber: %s",
+        failure.task.name,
+        failure.task.id,
+        describe_reason(failure.reason),
+        exc_info=failure.reason.exception if isinstance(failure.reason, Panic) else None,
+    )

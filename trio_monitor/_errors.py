@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._failures import TaskFailure
+
 __all__ = [
     "QueueFull",
+    "RestartIntensityExceeded",
     "RuntimeClosed",
     "ShutdownDeadlineExceeded",
     "ShutdownTimeout",
@@ -71,3 +78,32 @@ class ShutdownDeadlineExceeded(Exception):
         )
         self.deadline = deadline
         self.pending = pending
+
+
+class RestartIntensityExceeded(Exception):
+    """A supervisor needed more than ``max_restarts`` restarts within ``within`` seconds.
+
+    The supervisor gave up: it stopped all its children (in reverse start
+    order) and raised this from its ``async with``. It is an
+    :class:`Exception`, so a supervisor run as another supervisor's child
+    fails like any child, and its parent applies its own policy: that is
+    how a supervision tree escalates.
+
+    Attributes:
+      max_restarts (int): The supervisor's ``max_restarts``.
+      within (float): The supervisor's ``within``, in seconds.
+      failures (list[TaskFailure]): The failures in the window that ended
+        it, oldest first; the last one is the failure that was not
+        restarted.
+    """
+
+    def __init__(self, max_restarts: int, within: float, failures: Sequence[TaskFailure]) -> None:
+        names = ", ".join(dict.fromkeys(repr(f.task.name) for f in failures))
+        super().__init__(
+            f"more than {max_restarts} restart(s) within {within:g}s "
+            f"({len(failures)} failure(s), of {names}): the supervisor gave up; "
+            "its .failures say why (raise max_restarts or within if such bursts are expected)"
+        )
+        self.max_restarts = max_restarts
+        self.within = within
+        self.failures = list(failures)

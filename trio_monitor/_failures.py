@@ -1,8 +1,8 @@
 """Failure reports: what every component tells its subscribers.
 
 These are plain frozen values. One shape serves the task monitor, the
-background runtime and the task registry, so that one observer can watch all
-of them.
+background runtime, the task registry and the supervisor, so that one
+observer can watch all of them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ __all__ = [
     "EarlyTermination",
     "Error",
     "FailureReason",
+    "Hung",
     "Panic",
     "TaskFailure",
     "TaskInfo",
@@ -138,9 +139,25 @@ class EarlyTermination:
     """A task expected to run forever returned."""
 
 
+@attrs.frozen
+class Hung:
+    """A supervised child missed its heartbeat, so it was cancelled.
+
+    Only the supervisor reports it, for a child started with a
+    ``liveness_timeout`` that went that long without calling
+    :func:`trio_monitor.heartbeat`. Whatever the child did while it was
+    being cancelled (raised, returned) is not reported: the verdict is.
+
+    Attributes:
+      liveness_timeout (float): The child's ``liveness_timeout``, in seconds.
+    """
+
+    liveness_timeout: float
+
+
 #: Why a task failed: one of :class:`Panic`, :class:`Error`,
-#: :class:`EarlyTermination`.
-FailureReason = Panic | Error | EarlyTermination
+#: :class:`EarlyTermination`, :class:`Hung`.
+FailureReason = Panic | Error | EarlyTermination | Hung
 
 
 def describe_reason(reason: FailureReason) -> str:
@@ -148,11 +165,14 @@ def describe_reason(reason: FailureReason) -> str:
 
     ``"ValueError: boom"`` for a :class:`Panic`, ``"error OSError: reset"``
     for an :class:`Error`, ``"returned early"`` for an
-    :class:`EarlyTermination`; built with :func:`describe_exception`, so it
-    never raises because of the exception.
+    :class:`EarlyTermination`, ``"hung (no heartbeat for 10s)"`` for a
+    :class:`Hung`; built with :func:`describe_exception`, so it never raises
+    because of the exception.
     """
     if isinstance(reason, EarlyTermination):
         return "returned early"
+    if isinstance(reason, Hung):
+        return f"hung (no heartbeat for {reason.liveness_timeout:g}s)"
     text = f"{_type_name(reason.exception)}: {describe_exception(reason.exception)}"
     return text if isinstance(reason, Panic) else f"error {text}"
 
@@ -163,7 +183,7 @@ class TaskFailure:
 
     Attributes:
       task (TaskInfo): Which task failed.
-      reason (Panic | Error | EarlyTermination): Why.
+      reason (Panic | Error | EarlyTermination | Hung): Why.
     """
 
     task: TaskInfo

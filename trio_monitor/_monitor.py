@@ -12,9 +12,9 @@ from typing import Any, TypeVarTuple
 import attrs
 import trio
 
-from ._broadcast import Broadcaster
+from ._broadcast import Broadcaster, publish_or_log
 from ._core import FINITE, INFINITE, FailurePolicy, SupervisedNursery, TaskState, open_component
-from ._failures import Panic, TaskFailure, TaskInfo, describe_reason
+from ._failures import TaskFailure, TaskInfo
 from ._validate import check_str
 
 __all__ = ["MonitorStatistics", "TaskHandle", "TaskMonitor", "open_monitor"]
@@ -49,7 +49,7 @@ def _abort_dropped(state: TaskState, token: trio.lowlevel.TrioToken) -> None:
         return
     state.aborted = True
     with suppress(trio.RunFinishedError):
-        token.run_sync_soon(state.scope.cancel)
+        token.run_sync_soon(state.abort)
 
 
 class TaskHandle:
@@ -146,9 +146,12 @@ class TaskMonitor:
 
     Get one from :func:`open_monitor`. Spawning is synchronous, like
     :meth:`trio.Nursery.start_soon`: the task starts at the next scheduling
-    point. Like ``start_soon``, every ``spawn_*`` method calls ``async_fn``
+    point. Like ``start_soon``, every ``spawn_*`` method checks ``async_fn``
     at once, so a coroutine object, a synchronous function or wrong
-    arguments raise :exc:`TypeError` in the spawning code. While the
+    arguments raise :exc:`TypeError` in the spawning code. (A plain ``async
+    def`` function whose arguments bind is called when its task starts: the
+    call cannot fail then, and no coroutine waits in memory meanwhile. Any
+    other callable is called at spawn, as ``start_soon`` does.) While the
     monitor's block is ending, a spawn is born aborted: the task never runs
     and is not reported, and a warning is logged (so that a task respawning
     itself in its ``finally`` cannot keep the block from exiting). After the
@@ -186,7 +189,8 @@ class TaskMonitor:
         args: tuple[object, ...],
         policy: FailurePolicy,
     ) -> TaskHandle:
-        check_str("task name", name, allow_empty=True)
+        if type(name) is not str:
+            check_str("task name", name, allow_empty=True)
         return TaskHandle(self._supervisor.spawn(name, async_fn, args, policy), self._token)
 
     def spawn_infinite(
@@ -239,23 +243,6 @@ class TaskMonitor:
         )
 
 
-def _broadcast_or_log(broadcaster: Broadcaster[TaskFailure]) -> Callable[[TaskFailure], None]:
-    def report(failure: TaskFailure) -> None:
-        if broadcaster.publish(failure):
-            return
-        # Nobody listens (or every subscriber closed its channel): do not let
-        # the failure vanish silently.
-        logger.error(
-            "task %r (id %d) failed with no subscriber: %s",
-            failure.task.name,
-            failure.task.id,
-            describe_reason(failure.reason),
-            exc_info=failure.reason.exception if isinstance(failure.reason, Panic) else None,
-        )
-
-    return report
-
-
 @asynccontextmanager
 async def open_monitor() -> AsyncGenerator[TaskMonitor, None]:
     """Open a :class:`TaskMonitor` whose tasks live inside this block.
@@ -269,7 +256,7 @@ async def open_monitor() -> AsyncGenerator[TaskMonitor, None]:
     broadcaster: Broadcaster[TaskFailure] = Broadcaster()
     async with open_component(
         lambda supervisor: TaskMonitor(supervisor, broadcaster),
-        _broadcast_or_log(broadcaster),
+        lambda failure: publish_or_log(broadcaster, failure, logger),
         on_close=lambda _monitor: broadcaster.close(),
         logger=logger,
     ) as monitor:

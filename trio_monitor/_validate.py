@@ -20,6 +20,7 @@ __all__ = [
     "MAX_SECONDS",
     "attrs_count",
     "attrs_fraction",
+    "attrs_multiplier",
     "attrs_seconds",
     "check_callable",
     "check_count",
@@ -141,5 +142,18 @@ def attrs_fraction(owner: str, field: str) -> AttrsValidator:
 
     def validate(_instance: object, _attribute: object, value: object) -> None:
         check_fraction(name, value)
+
+    return validate
+
+
+def attrs_multiplier(owner: str, field: str) -> AttrsValidator:
+    """An attrs validator for a growth factor: a finite number ``>= 1``."""
+    name = _qualified(owner, field)
+
+    def validate(_instance: object, _attribute: object, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name} must be a number, not {value!r}")
+        if not (math.isfinite(value) and value >= 1):
+            raise ValueError(f"{name} must be a finite number >= 1, not {value!r}")
 
     return validate

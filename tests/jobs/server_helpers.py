@@ -29,6 +29,31 @@ def fast_config(**overrides: Any) -> jobs.ServerConfig:
     return jobs.ServerConfig(**{"server_name": "test", "worker_count": 2, **FAST, **overrides})
 
 
+def make_server(
+    storage: jobs.Storage,
+    workers: jobs.WorkerRegistry,
+    recorder: Callable[[jobs.Job, jobs.JobState, jobs.JobState], None] | None = None,
+    retry_policy: jobs.RetryPolicy = QUICK_RETRIES,
+    middleware: tuple[Any, ...] = (),
+    *,
+    clock: jobs.WallClock | None = None,
+    **config: Any,
+) -> jobs.JobServer:
+    """A server with :func:`fast_config`, on a :class:`~trio_monitor.jobs.TrioWallClock`
+
+    (so that tests on MockClock run delays, retries and TTLs in virtual time).
+    """
+    return jobs.JobServer(
+        fast_config(**config),
+        storage,
+        workers,
+        retry_policy=retry_policy,
+        middleware=middleware,
+        on_state_change=recorder,
+        clock=clock if clock is not None else jobs.TrioWallClock(),
+    )
+
+
 @attrs.frozen
 class Change:
     job: jobs.Job

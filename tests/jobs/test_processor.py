@@ -9,26 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.jobs.server_helpers import Recorder, fast_config, running
+from tests.jobs.server_helpers import Recorder, make_server, running
 from trio_monitor import jobs
-
-
-def server_for(
-    storage: jobs.Storage,
-    workers: jobs.WorkerRegistry,
-    recorder: Recorder,
-    retry_policy: jobs.RetryPolicy,
-    middleware: tuple[Any, ...] = (),
-    **config: Any,
-) -> jobs.JobServer:
-    return jobs.JobServer(
-        fast_config(**config),
-        storage,
-        workers,
-        retry_policy=retry_policy,
-        middleware=middleware,
-        on_state_change=recorder,
-    )
 
 
 async def test_retries_wait_the_policy_delays_then_fail_with_the_error(
@@ -44,7 +26,7 @@ async def test_retries_wait_the_policy_delays_then_fail_with_the_error(
 
     recorder = Recorder()
     policy = jobs.RetryPolicy(max_attempts=4, initial_delay=10.0, multiplier=3.0, jitter=0.0)
-    server = server_for(
+    server = make_server(
         memory_storage, workers, recorder, policy, worker_count=1, scheduler_poll_interval=1000.0
     )
     async with running(server):
@@ -78,7 +60,7 @@ async def test_retry_then_success(storage: jobs.Storage) -> None:
 
     recorder = Recorder()
     policy = jobs.RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0.0)
-    server = server_for(storage, workers, recorder, policy)
+    server = make_server(storage, workers, recorder, policy)
     async with running(server):
         job_id = await server.enqueue("twice", None)
         await recorder.wait_state(job_id, jobs.Succeeded)
@@ -109,16 +91,16 @@ async def test_job_timeout_is_a_failed_attempt(
 
     recorder = Recorder()
     policy = jobs.RetryPolicy(max_attempts=2, initial_delay=1.0, jitter=0.0)
-    server = server_for(memory_storage, workers, recorder, policy, job_timeout=7.5)
+    server = make_server(memory_storage, workers, recorder, policy, job_timeout=7.5)
     async with running(server):
         start = trio.current_time()
         job_id = await server.enqueue("hang", None)
         change = await recorder.wait_state(job_id, jobs.Failed, within=1000)
     assert isinstance(change.new, jobs.Failed)
-    assert change.new.error == "timed out after 7.5s"
+    assert change.new.error == "TimeoutError: timed out after 7.5s"
     assert [t - start for t in cancelled] == pytest.approx([7.5, 7.5 + 1.0 + 7.5], abs=1e-3)
     retry = next(c for c in recorder.of(job_id) if isinstance(c.new, jobs.AwaitingRetry))
-    assert retry.new.error == "timed out after 7.5s"  # type: ignore[union-attr]
+    assert retry.new.error == "TimeoutError: timed out after 7.5s"  # type: ignore[union-attr]
 
 
 async def test_middleware_runs_first_outermost(storage: jobs.Storage) -> None:
@@ -140,7 +122,7 @@ async def test_middleware_runs_first_outermost(storage: jobs.Storage) -> None:
         return middleware
 
     recorder = Recorder()
-    server = server_for(
+    server = make_server(
         storage, workers, recorder, jobs.RetryPolicy(), middleware=(layer("a"), layer("b"))
     )
     async with running(server):
@@ -167,7 +149,7 @@ async def test_middleware_may_short_circuit_or_fail(storage: jobs.Storage) -> No
         return await call_next()
 
     recorder = Recorder()
-    server = server_for(
+    server = make_server(
         storage, workers, recorder, jobs.RetryPolicy(max_attempts=1), middleware=(gate,)
     )
     async with running(server):
@@ -196,13 +178,14 @@ async def test_worker_context(storage: jobs.Storage) -> None:
 
     recorder = Recorder()
     policy = jobs.RetryPolicy(max_attempts=2, initial_delay=0.01, jitter=0.0)
-    server = server_for(storage, workers, recorder, policy, worker_count=1)
+    server = make_server(storage, workers, recorder, policy, worker_count=1)
     async with running(server):
         job_id = await server.enqueue("ctx", None)
         await recorder.wait_state(job_id, jobs.Succeeded)
     assert [c.attempt for c in contexts] == [1, 2]
     assert {c.worker_id for c in contexts} == {"test:worker:0"}
-    assert {c.server_name for c in contexts} == {"test"}
+    assert len({c.server_name for c in contexts}) == 1
+    assert contexts[0].server_name.startswith("test#")  # heartbeats on: name#uuid
     assert contexts[0].cancel is contexts[1].cancel  # one token per start
     assert contexts[0].cancel.is_set()  # set by stop()
 
@@ -238,6 +221,22 @@ def test_retry_policy_refuses_bad_values(field: str, value: object) -> None:
         jobs.RetryPolicy(**{field: value})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_attempts", 1.5),
+        ("max_attempts", "3"),
+        ("initial_delay", "1"),
+        ("multiplier", None),
+        ("max_delay", True),
+        ("jitter", "0.1"),
+    ],
+)
+def test_retry_policy_refuses_wrong_types_with_type_error(field: str, value: object) -> None:
+    with pytest.raises(TypeError, match=field):
+        jobs.RetryPolicy(**{field: value})  # type: ignore[arg-type]
+
+
 def test_worker_registry() -> None:
     workers = jobs.WorkerRegistry()
 
@@ -268,7 +267,7 @@ async def test_awaiting_retry_is_stamped_from_the_server_clock(
 
     recorder = Recorder()
     policy = jobs.RetryPolicy(max_attempts=2, initial_delay=5.0, jitter=0.0)
-    server = server_for(memory_storage, workers, recorder, policy)
+    server = make_server(memory_storage, workers, recorder, policy)
     async with running(server):
         t0 = server.now()
         job_id = await server.enqueue("fail", None)

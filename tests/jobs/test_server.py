@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,25 +17,15 @@ import pytest
 import trio
 import trio.testing
 
-from tests.jobs.server_helpers import FAST, QUICK_RETRIES, Recorder, fast_config, running
+from tests.jobs.server_helpers import (
+    FAST,
+    Recorder,
+    fast_config,
+    make_server,
+    running,
+)
 from trio_monitor import ShutdownToken, jobs
-from trio_monitor.jobs._memory import MemoryStorage
-
-
-def make_server(
-    storage: jobs.Storage,
-    workers: jobs.WorkerRegistry,
-    recorder: Recorder | None = None,
-    retry_policy: jobs.RetryPolicy = QUICK_RETRIES,
-    **config: Any,
-) -> jobs.JobServer:
-    return jobs.JobServer(
-        fast_config(**config),
-        storage,
-        workers,
-        retry_policy=retry_policy,
-        on_state_change=recorder,
-    )
+from trio_monitor.jobs._backends._memory import MemoryStorage
 
 
 def echo_workers() -> tuple[jobs.WorkerRegistry, list[jobs.Job]]:
@@ -171,7 +162,7 @@ async def test_job_processing(storage: jobs.Storage) -> None:
     assert job.expires_at is not None
     claim = recorder.of(job_id)[0]
     assert isinstance(claim.new, jobs.Processing)
-    assert claim.new.server_name == "test"  # heartbeats off: the configured name
+    assert claim.new.server_name.startswith("test#")  # heartbeats on by default: name#uuid
     assert claim.new.worker_id == "test:worker:0"
     assert recorder.kinds(job_id) == [("enqueued", "processing"), ("processing", "succeeded")]
 
@@ -772,7 +763,7 @@ def test_server_config_defaults() -> None:
     assert config.cleanup_interval == 60.0
     assert config.succeeded_ttl == 86400.0
     assert config.failed_ttl == 604800.0
-    assert config.enable_heartbeat is False
+    assert config.enable_heartbeat is True  # SPEC 4b: liveness on by default
     assert config.heartbeat_interval == 10.0
     assert config.dead_server_timeout == 60.0
     assert jobs.ServerConfig(worker_count=0).worker_count == 0
@@ -801,6 +792,31 @@ def test_server_config_defaults() -> None:
     ],
 )
 def test_server_config_refuses_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        jobs.ServerConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("worker_count", "3"),
+        ("worker_count", 2.0),
+        ("worker_count", True),
+        ("polling_interval", "1"),
+        ("succeeded_ttl", "1d"),  # None is valid: kept for ever (SPEC 6)
+        ("server_name", 7),
+        ("queues", ["a", 3]),
+        ("queues", "default"),
+    ],
+)
+def test_server_config_refuses_wrong_types_with_type_error(field: str, value: object) -> None:
+    with pytest.raises(TypeError, match=field):
+        jobs.ServerConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["succeeded_ttl", "failed_ttl", "job_timeout"])
+@pytest.mark.parametrize("value", [math.inf, 1e12])
+def test_server_config_refuses_durations_no_datetime_holds(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         jobs.ServerConfig(**{field: value})  # type: ignore[arg-type]
 

@@ -10,19 +10,17 @@ clock with everything scaled down (few examples), when available.
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 from typing import Any
 
 import attrs
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_monitor import jobs
-from trio_monitor.jobs._memory import MemoryStorage
+from trio_monitor.jobs._backends._memory import MemoryStorage
 
 OUTCOMES = ("ok", "raise", "flaky", "slow", "stubborn")
 
@@ -94,6 +92,7 @@ async def run_scenario(storage: jobs.Storage, scenario: dict[str, Any], scale: f
                 all_done.set()
 
     plans_: list[ServerPlan] = scenario["servers"]
+    clock = jobs.TrioWallClock()  # one machine: one wall clock, following Trio time
     servers = [
         jobs.JobServer(
             jobs.ServerConfig(
@@ -109,6 +108,7 @@ async def run_scenario(storage: jobs.Storage, scenario: dict[str, Any], scale: f
             workers,
             retry_policy=jobs.RetryPolicy(max_attempts=3, initial_delay=0.2 * scale, jitter=0.1),
             on_state_change=hook,
+            clock=clock,
         )
         for i, plan in enumerate(plans_)
     ]
@@ -155,10 +155,6 @@ def test_each_job_ends_once_and_never_runs_twice_at_once_memory(scenario: dict[s
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("trio_monitor.jobs._sqlite") is None,
-    reason="SQLite storage not available",
-)
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios)
 def test_each_job_ends_once_and_never_runs_twice_at_once_sqlite(scenario: dict[str, Any]) -> None:

@@ -9,8 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,15 +24,15 @@ from trio_monitor.jobs import (
     Failed,
     Job,
     Processing,
-    RecurringJob,
     Scheduled,
+    SchemaVersionError,
     Succeeded,
     Transition,
-    _sqlite,
     open_storage,
 )
+from trio_monitor.jobs._backends._sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStorage
+from trio_monitor.jobs._backends._sqlite._schema import connect
 from trio_monitor.jobs._model import decode_state, encode_state, utcnow
-from trio_monitor.jobs._sqlite import SCHEMA_VERSION, SchemaVersionError, SQLiteStorage
 
 
 def url(path: Path, query: str = "") -> str:
@@ -56,6 +55,17 @@ def tables(path: Path) -> set[str]:
         conn.close()
 
 
+async def connection_pragma(storage: SQLiteStorage, name: str) -> object:
+    """A pragma of the storage's own connection, read on its thread."""
+    return await storage._read(lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+async def open_with(path: Path, migrations: Sequence[Sequence[str]]) -> None:
+    """Open (and migrate) ``path`` as a trio_monitor whose migrations are ``migrations``."""
+    conn = await trio.to_thread.run_sync(connect, str(path), 5.0, migrations)
+    conn.close()
+
+
 async def claim(storage: SQLiteStorage, n: int = 1, now: datetime | None = None) -> list[Job]:
     return await storage.claim(
         queues=["default"],
@@ -76,10 +86,8 @@ async def test_fresh_database_is_migrated_and_in_wal_mode(tmp_path: Path) -> Non
         assert pragma(path, "journal_mode") == "wal"
         assert {"jobs", "servers", "recurring"} <= tables(path)
         assert isinstance(storage, SQLiteStorage)
-        conn = storage._conn
-        assert conn is not None
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert await connection_pragma(storage, "synchronous") == 1  # NORMAL
+        assert await connection_pragma(storage, "busy_timeout") == 5000
 
 
 async def test_reopening_a_migrated_database_is_a_no_op(tmp_path: Path) -> None:
@@ -97,35 +105,25 @@ async def test_reopening_a_migrated_database_is_a_no_op(tmp_path: Path) -> None:
     assert after == schema
 
 
-async def test_open_applies_only_the_missing_migrations(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_open_applies_only_the_missing_migrations(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     job = Job.new("m", 7)
     async with open_storage(url(path)) as storage:
         await storage.enqueue(job)
     step = ("CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (1)")
-    monkeypatch.setattr(_sqlite, "MIGRATIONS", (*_sqlite.MIGRATIONS, step))
-    monkeypatch.setattr(_sqlite, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     for _ in range(2):  # the second open finds nothing to do (a re-run would fail)
-        async with open_storage(url(path)) as storage:
-            assert await storage.get(job.id) is not None
+        await open_with(path, (*MIGRATIONS, step))
     assert pragma(path, "user_version") == SCHEMA_VERSION + 1
     assert sqlite3.connect(path).execute("SELECT count(*) FROM extra").fetchone()[0] == 1
 
 
-async def test_a_failed_migration_leaves_the_old_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_failed_migration_leaves_the_old_version(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     async with open_storage(url(path)):
         pass
     step = ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL")
-    monkeypatch.setattr(_sqlite, "MIGRATIONS", (*_sqlite.MIGRATIONS, step))
-    monkeypatch.setattr(_sqlite, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(sqlite3.OperationalError):
-        async with open_storage(url(path)):
-            pass
+        await open_with(path, (*MIGRATIONS, step))
     assert pragma(path, "user_version") == SCHEMA_VERSION
     assert "extra" not in tables(path)
 
@@ -151,19 +149,23 @@ async def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> Non
 
 def test_claim_queries_use_their_indexes() -> None:
     conn = sqlite3.connect(":memory:")
-    for statement in _sqlite.MIGRATIONS[0]:
+    for statement in MIGRATIONS[0]:
         conn.execute(statement)
     for queue_count, index in (
         (0, "jobs_claim_any"),
         (1, "jobs_claim_queue"),
         (3, "jobs_claim_queue"),
+        (600, "jobs_claim_any"),
     ):
         sql = SQLiteStorage._claim_sql(queue_count)
-        params = ["q", 1] * queue_count + ([1] if queue_count != 1 else [])
+        if queue_count > 100:
+            params: list[object] = [json.dumps([f"q{i}" for i in range(queue_count)]), 1]
+        else:
+            params = ["q", 1] * queue_count + ([1] if queue_count != 1 else [])
         plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
         assert index in plan
         # A sort is only allowed over the per-queue heads of a multi-queue claim.
-        assert ("TEMP B-TREE" in plan) == (queue_count > 1)
+        assert ("TEMP B-TREE" in plan) == (1 < queue_count <= 100)
 
 
 # -- URLs ------------------------------------------------------------------
@@ -198,8 +200,7 @@ async def test_missing_directory_is_named(tmp_path: Path) -> None:
 async def test_busy_timeout_url_option(tmp_path: Path) -> None:
     async with open_storage(url(tmp_path / "a.db", "?busy_timeout=0.25")) as storage:
         assert isinstance(storage, SQLiteStorage)
-        assert storage._conn is not None
-        assert storage._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 250
+        assert await connection_pragma(storage, "busy_timeout") == 250
 
 
 @pytest.mark.parametrize(
@@ -221,8 +222,8 @@ async def test_bad_sqlite_urls(tmp_path: Path, target: str, message: str) -> Non
 
 CLAIMER = """
 import json, sys, trio
-from trio_monitor.jobs._model import decode_state, encode_state, utcnow
-from trio_monitor.jobs._sqlite import SQLiteStorage
+from trio_monitor.jobs._backends._sqlite import SQLiteStorage
+from trio_monitor.jobs._model import utcnow
 
 async def main(path, name):
     storage = await SQLiteStorage.open(path)
@@ -313,7 +314,7 @@ async def test_locked_database_raises_then_recovers(
         await storage.enqueue(Job.new("m", 0))
         locker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         try:
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
+            with pytest.raises(sqlite3.OperationalError, match=r"locked.*busy_timeout"):
                 await storage.enqueue(Job.new("m", 1))
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 await claim(storage)
@@ -329,31 +330,34 @@ async def test_locked_database_raises_then_recovers(
         assert await storage.get(job.id) is not None
 
 
-async def test_a_failing_method_rolls_back(tmp_path: Path) -> None:
-    now = utcnow()
-    async with open_storage(url(tmp_path / "j.db")) as storage:
-        for rid in ("a", "b"):
-            await storage.upsert_recurring(
-                RecurringJob(rid, "* * * * * *", "m", {}, "default", now - timedelta(seconds=1))
-            )
-        calls = []
+async def test_opening_needs_no_write_lock_unless_it_migrates(
+    tmp_path: Path, locker: sqlite3.Connection
+) -> None:
+    path = tmp_path / "locked.db"
+    async with open_storage(url(path)):
+        pass
+    locker.execute("BEGIN IMMEDIATE")  # a long writer elsewhere
+    try:
+        async with open_storage(url(path, "?busy_timeout=0.05")) as storage:
+            assert await storage.list_jobs() == []  # reads go on (WAL)
+    finally:
+        locker.execute("ROLLBACK")
 
-        def broken(cron: str, after: datetime) -> datetime:
-            calls.append(cron)
-            if len(calls) == 2:
-                raise RuntimeError("cron parser broke")
-            return after + timedelta(seconds=1)
 
-        with pytest.raises(RuntimeError, match="cron parser broke"):
-            await storage.enqueue_due_recurring(now, broken)
-        # The first template's advance and job were rolled back with the failure.
-        assert len(calls) == 2
+async def test_a_migration_behind_a_locked_database_says_what_to_do(
+    tmp_path: Path, locker: sqlite3.Connection
+) -> None:
+    path = tmp_path / "locked.db"
+    locker.execute("PRAGMA journal_mode = WAL")
+    locker.execute("BEGIN IMMEDIATE")  # the file is new: opening must migrate
+    try:
+        with pytest.raises(sqlite3.OperationalError, match=r"locked.*busy_timeout, 0\.05s"):
+            async with open_storage(url(path, "?busy_timeout=0.05")):
+                pass
+    finally:
+        locker.execute("ROLLBACK")
+    async with open_storage(url(path)) as storage:  # and once it is free, it opens
         assert await storage.list_jobs() == []
-        assert {r.next_run_at for r in await storage.list_recurring()} == {
-            now - timedelta(seconds=1)
-        }
-        made = await storage.enqueue_due_recurring(now, lambda c, after: after + timedelta(1))
-        assert len(made) == 2
 
 
 async def test_apply_with_a_non_json_result_applies_nothing(tmp_path: Path) -> None:
@@ -400,140 +404,6 @@ async def test_cancelled_call_finishes_its_transaction(
         stored = await storage.get(job.id)
         assert stored is not None
         assert isinstance(stored.state, Enqueued)
-
-
-@pytest.fixture
-def write_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every combined write transaction the storage runs."""
-    sizes: list[int] = []
-    run_writes = _sqlite._run_writes
-
-    def recorded(conn: sqlite3.Connection, batch: list[_sqlite._Write]) -> None:
-        sizes.append(len(batch))
-        run_writes(conn, batch)
-
-    monkeypatch.setattr(_sqlite, "_run_writes", recorded)
-    return sizes
-
-
-async def test_concurrent_writes_share_a_transaction_but_fail_alone(
-    tmp_path: Path, locker: sqlite3.Connection, write_batches: list[int]
-) -> None:
-    path = tmp_path / "locked.db"
-    first, good, clash = Job.new("m", 1), Job.new("m", 2), Job.new("m", 3)
-    async with open_storage(url(path, "?busy_timeout=5")) as storage:
-        await storage.enqueue(clash)
-        write_batches.clear()
-        locker.execute("BEGIN IMMEDIATE")
-        errors: list[Exception] = []
-
-        async def enqueue_clashing() -> None:
-            try:
-                await storage.enqueue_many([Job.new("m", 4), clash])
-            except ValueError as exc:
-                errors.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(storage.enqueue, first)  # blocked on the lock, in its thread
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(storage.enqueue, good)
-            nursery.start_soon(enqueue_clashing)
-            await trio.testing.wait_all_tasks_blocked()
-            locker.execute("ROLLBACK")
-        assert write_batches == [1, 2]
-        assert len(errors) == 1
-        assert "already exist" in str(errors[0])
-        # The failing write was rolled back alone; its neighbour committed.
-        stored = {job.payload for job in await storage.list_jobs()}
-        assert stored == {1, 2, 3}
-
-
-async def test_a_write_cancelled_before_its_transaction_is_dropped(
-    tmp_path: Path, locker: sqlite3.Connection
-) -> None:
-    path = tmp_path / "locked.db"
-    first, dropped = Job.new("m", 1), Job.new("m", 2)
-    async with open_storage(url(path, "?busy_timeout=5")) as storage:
-        locker.execute("BEGIN IMMEDIATE")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(storage.enqueue, first)
-            await trio.testing.wait_all_tasks_blocked()
-            with trio.move_on_after(0.01) as scope:
-                await storage.enqueue(dropped)  # queued behind ``first``
-            # Cancelled at once, while ``first`` still waits for the lock.
-            assert scope.cancelled_caught
-            locker.execute("ROLLBACK")
-        assert await storage.get(first.id) is not None
-        assert await storage.get(dropped.id) is None
-
-
-async def test_writes_started_together_share_a_transaction(
-    tmp_path: Path, write_batches: list[int]
-) -> None:
-    async with open_storage(url(tmp_path / "j.db")) as storage:
-        write_batches.clear()
-        async with trio.open_nursery() as nursery:
-            for n in range(3):
-                nursery.start_soon(storage.enqueue, Job.new("m", n))
-        assert write_batches == [3]
-        assert len(await storage.list_jobs()) == 3
-
-
-async def test_a_write_cancelled_inside_a_shared_transaction_lands(
-    tmp_path: Path, write_batches: list[int]
-) -> None:
-    """Once taken into a transaction, a write behaves like an uncancellable call."""
-    job = Job.new("m", 1)
-    gates = [threading.Event(), threading.Event()]
-    second_running = threading.Event()
-
-    def first(conn: sqlite3.Connection) -> None:
-        gates[0].wait(10)
-
-    def second(conn: sqlite3.Connection) -> None:
-        second_running.set()
-        gates[1].wait(10)
-
-    async with open_storage(url(tmp_path / "j.db")) as storage:
-        write_batches.clear()
-        returned = False
-        scope = trio.CancelScope()
-
-        async def enqueue_cancelled() -> None:
-            nonlocal returned
-            with scope:
-                await storage.enqueue(job)
-                returned = True
-                await trio.lowlevel.checkpoint()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(storage._write, first)  # in its thread
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(storage._write, second)  # next to go
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(enqueue_cancelled)  # queued behind it
-            await trio.testing.wait_all_tasks_blocked()
-            gates[0].set()  # the second write takes the enqueue into its transaction
-            await trio.to_thread.run_sync(second_running.wait, 10)
-            await trio.testing.wait_all_tasks_blocked()
-            scope.cancel()
-            await trio.testing.wait_all_tasks_blocked()
-            assert not returned  # still waiting for the transaction
-            gates[1].set()
-        assert write_batches == [1, 2]
-        # It returned its result; the next checkpoint raised Cancelled.
-        assert returned
-        assert scope.cancelled_caught
-        assert await storage.get(job.id) is not None
-
-
-async def test_closed_storage_refuses_calls(tmp_path: Path) -> None:
-    async with open_storage(url(tmp_path / "j.db")) as storage:
-        pass
-    with pytest.raises(trio.ClosedResourceError):
-        await storage.get("x")
-    with pytest.raises(trio.ClosedResourceError):
-        await storage.enqueue(Job.new("m", 1))
 
 
 async def test_timestamps_come_back_as_utc(tmp_path: Path) -> None:

@@ -10,17 +10,20 @@ sleeps except the ``wait_for_work`` blocking test (50 ms).
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.cancellation import Caller, callers, run_callers
 from tests.jobs.storage_backends import Backend, backend_params
 from trio_monitor.jobs import (
     AwaitingRetry,
@@ -32,10 +35,14 @@ from trio_monitor.jobs import (
     Processing,
     RecurringJob,
     Scheduled,
+    SchemaStatus,
+    SchemaVersionError,
     ServerInfo,
     Storage,
     Succeeded,
     Transition,
+    check_schema,
+    migrate,
     open_storage,
 )
 from trio_monitor.jobs._model import utcnow
@@ -182,7 +189,18 @@ async def test_duplicate_id_is_value_error_and_changes_nothing(storage: Storage)
     assert isinstance(got.state, Enqueued)
 
 
-@pytest.mark.parametrize("payload", [object(), {"x": {1, 2}}, float("nan"), {"when": T0}], ids=repr)
+def deeply_nested(depth: int = 5000) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [object(), {"x": {1, 2}}, float("nan"), {"when": T0}, deeply_nested()],
+    ids=["object", "set", "nan", "datetime", "5000-deep"],
+)
 async def test_non_json_payload_is_type_error_and_stores_nothing(
     storage: Storage, payload: object
 ) -> None:
@@ -421,6 +439,16 @@ async def test_apply_batch_applies_in_order(storage: Storage) -> None:
     assert first.version > v
     assert again is None
     assert await storage.get(job.id) == first
+
+
+async def test_a_result_too_deep_to_store_is_type_error_and_applies_nothing(
+    storage: Storage,
+) -> None:
+    await storage.enqueue(make_job())
+    (job,) = await storage.claim(queues=[], worker_ids=["w"], server_name="s", now=utcnow())
+    with pytest.raises(TypeError, match="JSON"):
+        await storage.apply([Transition(job.id, job.version, Succeeded(deeply_nested(), 0.1))])
+    assert await storage.get(job.id) == job
 
 
 async def test_apply_sets_or_keeps_attempts_and_expiry(storage: Storage) -> None:
@@ -786,13 +814,237 @@ async def test_data_survives_reopen(shared_url: str) -> None:
     assert got.state == Scheduled(T0)
 
 
-@pytest.mark.parametrize("url", ["mysql://x", "sqlite://relative.db", "", "redis://h/0"])
+@pytest.mark.parametrize("url", ["mysql://x", "", "redis://h/0", "memory:", "jobs.db"])
 async def test_open_storage_unknown_scheme(url: str) -> None:
     with pytest.raises(ValueError, match="memory://") as info:
         async with open_storage(url):
             pass
     assert "sqlite:///" in str(info.value)
     assert "postgresql://" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("memory://typo", "memory:// takes no path"),
+        ("memory:// ", "whitespace"),
+        ("sqlite:///x.db ", "whitespace"),
+        (" sqlite:///x.db", "whitespace"),
+        ("sqlite:///x\n.db", "control characters"),
+        ("sqlite://relative.db", "three slashes"),
+        ("sqlite:///", "names no database file"),
+        ("sqlite:///x.db?busy_timeout=soon", "busy_timeout must be seconds"),
+        ("sqlite:///x.db?timeout=1", "unknown SQLite URL option"),
+        ("postgresql://h:port/db", "malformed PostgreSQL URL"),
+        ("postgresql://h/db?pool_max_size=ten", "bad value for pool_max_size"),
+        ("postgresql://h/db?lock_timeout=-1", "lock_timeout must be >= 0"),
+        ("postgresql://h/db?pool_timeout=inf", "pool_timeout must be finite"),
+    ],
+)
+async def test_malformed_urls_are_value_errors_naming_the_problem(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        async with open_storage(url):
+            pass
+    with pytest.raises(ValueError, match=problem):
+        await check_schema(url)
+
+
+async def test_storage_url_must_be_a_str() -> None:
+    with pytest.raises(TypeError, match="must be a str"):
+        async with open_storage(b"memory://"):  # type: ignore[arg-type]
+            pass
+
+
+# -- rules every backend shares --------------------------------------------
+
+
+def every_call(now: datetime) -> list[tuple[str, Callable[[Storage], Any]]]:
+    """One invocation of every protocol call (besides ``aclose``)."""
+    job = make_job()
+    info = ServerInfo("s#1", "s", 1, [], now, now)
+    next_run, _ = fixed_next_run(timedelta(seconds=1))
+    return [
+        ("enqueue", lambda s: s.enqueue(job)),
+        ("enqueue_many", lambda s: s.enqueue_many([make_job()])),
+        ("enqueue_many_empty", lambda s: s.enqueue_many([])),
+        ("get", lambda s: s.get(job.id)),
+        ("list_jobs", lambda s: s.list_jobs()),
+        ("count_by_state", lambda s: s.count_by_state()),
+        (
+            "claim",
+            lambda s: s.claim(queues=[], worker_ids=["w"], server_name="s#1", now=now),
+        ),
+        (
+            "claim_nobody",
+            lambda s: s.claim(queues=[], worker_ids=[], server_name="s#1", now=now),
+        ),
+        ("apply", lambda s: s.apply([Transition(job.id, 1, Failed("x"))])),
+        ("apply_empty", lambda s: s.apply([])),
+        ("promote_due", lambda s: s.promote_due(now)),
+        ("requeue_stale", lambda s: s.requeue_stale(now, now)),
+        ("delete_expired", lambda s: s.delete_expired(now)),
+        ("wait_for_work", lambda s: s.wait_for_work()),
+        ("register_server", lambda s: s.register_server(info)),
+        ("heartbeat", lambda s: s.heartbeat(info.id, now)),
+        ("deregister_server", lambda s: s.deregister_server(info.id)),
+        ("list_servers", lambda s: s.list_servers()),
+        ("reclaim_dead", lambda s: s.reclaim_dead(now, now)),
+        ("upsert_recurring", lambda s: s.upsert_recurring(template("r", now))),
+        ("remove_recurring", lambda s: s.remove_recurring("r")),
+        ("list_recurring", lambda s: s.list_recurring()),
+        ("enqueue_due_recurring", lambda s: s.enqueue_due_recurring(now, next_run)),
+        ("schema_status", lambda s: s.schema_status()),
+    ]
+
+
+async def test_every_call_on_a_closed_storage_is_closed_resource_error(storage_url: str) -> None:
+    async with open_storage(storage_url) as storage:
+        pass
+    for name, call in every_call(utcnow()):
+        try:
+            await call(storage)
+        except trio.ClosedResourceError:
+            continue
+        pytest.fail(f"{name} worked on a closed storage")
+
+
+async def test_bad_stored_cron_is_logged_and_skipped_and_the_rest_go_on(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = utcnow()
+    before = now - timedelta(seconds=1)
+    for rid, cron in (("a", "good"), ("broken", "bad"), ("c", "good")):
+        await storage.upsert_recurring(template(rid, before, cron=cron))
+
+    def next_run(cron: str, after: datetime) -> datetime:
+        if cron == "bad":
+            raise ValueError("this stored cron can't be evaluated")
+        return after + timedelta(minutes=1)
+
+    with caplog.at_level("ERROR", logger="trio_monitor.jobs.storage"):
+        made = await storage.enqueue_due_recurring(now, next_run)
+    assert sorted(job.payload["kind"] for job in made) == ["a", "c"]
+    assert any("'broken'" in record.getMessage() for record in caplog.records)
+    rows = {r.id: r for r in await storage.list_recurring()}
+    assert rows["a"].next_run_at == rows["c"].next_run_at == now + timedelta(minutes=1)
+    assert rows["broken"].next_run_at == before  # left as it was, tried again next poll
+    assert counts(await storage.count_by_state()) == {"enqueued": 2}
+    # The next poll: only the broken one is due, and it is skipped again.
+    assert await storage.enqueue_due_recurring(now, next_run) == []
+
+
+@pytest.mark.parametrize(
+    "state",
+    [Scheduled(T0 - timedelta(minutes=1)), AwaitingRetry(T0 - timedelta(minutes=1), "e")],
+    ids=lambda s: s.name,
+)
+async def test_promotion_keeps_attempts_and_clears_expiry(
+    storage: Storage, state: JobState
+) -> None:
+    job = make_job(state=state)
+    job.attempts = 2
+    job.expires_at = T0 - timedelta(seconds=1)  # would be deleted by cleanup if it stayed
+    await storage.enqueue(job)
+    (promoted,) = await storage.promote_due(T0)
+    assert promoted.old_state == state
+    assert promoted.job.state == Enqueued(T0)
+    assert (promoted.job.attempts, promoted.job.expires_at) == (2, None)
+    stored = await storage.get(job.id)
+    assert stored is not None
+    assert (stored.state, stored.attempts, stored.expires_at) == (Enqueued(T0), 2, None)
+    assert await storage.delete_expired(T0 + timedelta(days=1)) == 0
+
+
+async def test_requeued_stale_claim_keeps_its_attempt_and_payload(storage: Storage) -> None:
+    job = make_job(payload={"keep": [1, 2]}, priority=4)
+    await storage.enqueue(job)
+    (claimed,) = await storage.claim(queues=[], worker_ids=["w"], server_name="s", now=T0)
+    (requeued,) = await storage.requeue_stale(T0 + timedelta(seconds=1), T0 + timedelta(minutes=1))
+    assert requeued.old_state == Processing(T0, "w", "s")
+    stored = await storage.get(job.id)
+    assert stored is not None
+    assert stored == requeued.job
+    assert (stored.state, stored.attempts, stored.payload, stored.priority) == (
+        Enqueued(T0 + timedelta(minutes=1)),
+        1,
+        {"keep": [1, 2]},
+        4,
+    )
+    assert stored.version == claimed.version + 1
+
+
+@pytest.mark.parametrize("priority", [2**31, -(2**31) - 1, 2**63])
+async def test_priority_outside_32_bits_is_value_error_and_stores_nothing(
+    storage: Storage, priority: int
+) -> None:
+    good = make_job()
+    with pytest.raises(ValueError, match="32 bits"):
+        await storage.enqueue_many([good, make_job(priority=priority)])
+    with pytest.raises(ValueError, match="32 bits"):
+        await storage.upsert_recurring(attrs.evolve(template("r", utcnow()), priority=priority))
+    assert await storage.list_jobs() == []
+    assert await storage.list_recurring() == []
+    for edge in (2**31 - 1, -(2**31)):
+        await storage.enqueue(make_job(priority=edge))
+    assert len(await storage.list_jobs()) == 2
+
+
+async def test_claim_from_more_queues_than_sqlite_compounds(storage: Storage) -> None:
+    queues = [f"q{i}" for i in range(600)]
+    jobs = [make_job(queue=queue, priority=i % 3) for i, queue in enumerate(queues[::50])]
+    await storage.enqueue_many(jobs)
+    await storage.enqueue(make_job(queue="not-listed", priority=9))
+    got = await storage.claim(
+        queues=queues, worker_ids=[f"w{i}" for i in range(20)], server_name="s", now=utcnow()
+    )
+    expected = sorted(range(len(jobs)), key=lambda i: (-jobs[i].priority, i))
+    assert [job.id for job in got] == [jobs[i].id for i in expected]
+
+
+async def test_schema_status_check_and_migrate(backend: Backend, storage_url: str) -> None:
+    before = await check_schema(storage_url)
+    assert before.latest >= before.current >= 0
+    after = await migrate(storage_url)
+    assert after.up_to_date
+    assert not after.too_new
+    assert after.latest == before.latest
+    assert await check_schema(storage_url) == after
+    async with open_storage(storage_url) as storage:
+        assert await storage.schema_status() == after
+    if backend.shared:
+        assert before.current == 0  # a new database: nothing created by checking
+
+
+async def test_newer_schema_is_refused_with_schema_version_error(
+    backend: Backend, storage_url: str
+) -> None:
+    if not backend.shared:
+        pytest.skip(f"{backend.name} storage has no schema")
+    status = await migrate(storage_url)
+    await make_schema_newer(backend, storage_url, status.latest + 3)
+    assert await check_schema(storage_url) == SchemaStatus(status.latest + 3, status.latest)
+    assert (await check_schema(storage_url)).too_new
+    with pytest.raises(SchemaVersionError, match="newer trio_monitor"):
+        async with open_storage(storage_url):
+            pass
+    with pytest.raises(SchemaVersionError):
+        await migrate(storage_url)
+
+
+async def make_schema_newer(backend: Backend, url: str, version: int) -> None:
+    """Stamp the database at ``url`` as written by a future trio_monitor."""
+    if backend.name == "sqlite":
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.close()
+        return
+    import psycopg
+
+    def stamp() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO trio_monitor_schema_version (version) VALUES (%s)", [version])
+
+    await trio.to_thread.run_sync(stamp)
 
 
 # -- a property: random enqueue / claim / apply against a model ------------
@@ -877,5 +1129,116 @@ def test_random_operations_match_a_model(storage_url: str, ops: list[tuple[Any, 
                     entry[3],
                     entry[4],
                 )
+
+    trio.run(main)
+
+
+# -- a property: cancellation stays with its caller ------------------------
+
+ISOLATION_CALLS = [
+    "enqueue",
+    "claim",
+    "apply",
+    "get",
+    "list_jobs",
+    "count_by_state",
+    "promote_due",
+    "requeue_stale",
+    "delete_expired",
+    "register_server",
+    "heartbeat",
+    "list_servers",
+    "reclaim_dead",
+    "upsert_recurring",
+    "remove_recurring",
+    "list_recurring",
+    "enqueue_due_recurring",
+    "schema_status",
+    "wait_for_work",
+]
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(drawn=callers(ISOLATION_CALLS))
+def test_cancellation_stays_with_its_caller(storage_url: str, drawn: list[Caller]) -> None:
+    """Random callers of every call, some cancelled mid-call, all at once.
+
+    A caller that is not cancelled never sees ``Cancelled`` and finishes; a
+    cancelled call either happened whole (it returned) or not at all, so
+    what was accepted is stored and nothing else: an enqueue or upsert is
+    stored iff it returned, a claim took its job iff it returned.
+    """
+    tag = uuid.uuid4().hex  # examples share the store: every id is this example's own
+    past = T0 - timedelta(days=3650)  # sweeps that find nothing of anybody's
+    next_run, _ = fixed_next_run(timedelta(minutes=1))
+
+    async def main() -> None:
+        async with open_storage(storage_url) as storage:
+            claimable = {i: make_job(queue=f"{tag}-{i}") for i, _ in enumerate(drawn)}
+            held = {i: make_job(queue=f"{tag}-held-{i}") for i, _ in enumerate(drawn)}
+            await storage.enqueue_many([*claimable.values(), *held.values()])
+            holds = {
+                job.queue: job
+                for job in await storage.claim(
+                    queues=[job.queue for job in held.values()],
+                    worker_ids=["w"] * len(held),
+                    server_name=f"{tag}-s",
+                    now=utcnow(),
+                )
+            }
+            new_jobs = {i: make_job(queue=tag) for i, _ in enumerate(drawn)}
+
+            def call(i: int, name: str) -> Any:
+                now = utcnow()
+                server = ServerInfo(f"{tag}-{i}", "s", 1, [], now, now)
+                return {
+                    "enqueue": lambda: storage.enqueue(new_jobs[i]),
+                    "claim": lambda: storage.claim(
+                        queues=[claimable[i].queue], worker_ids=["w"], server_name="s", now=now
+                    ),
+                    "apply": lambda: storage.apply(
+                        [Transition(held[i].id, holds[held[i].queue].version, Failed("x"))]
+                    ),
+                    "get": lambda: storage.get(claimable[i].id),
+                    "list_jobs": lambda: storage.list_jobs(limit=5),
+                    "count_by_state": storage.count_by_state,
+                    "promote_due": lambda: storage.promote_due(past),
+                    "requeue_stale": lambda: storage.requeue_stale(past, now),
+                    "delete_expired": lambda: storage.delete_expired(past),
+                    "register_server": lambda: storage.register_server(server),
+                    "heartbeat": lambda: storage.heartbeat(server.id, now),
+                    "list_servers": storage.list_servers,
+                    "reclaim_dead": lambda: storage.reclaim_dead(past, now),
+                    "upsert_recurring": lambda: storage.upsert_recurring(
+                        template(f"{tag}-{i}", now + timedelta(days=1))
+                    ),
+                    "remove_recurring": lambda: storage.remove_recurring(f"{tag}-none"),
+                    "list_recurring": storage.list_recurring,
+                    "enqueue_due_recurring": lambda: storage.enqueue_due_recurring(past, next_run),
+                    "schema_status": storage.schema_status,
+                    "wait_for_work": storage.wait_for_work,
+                }[name]()
+
+            returned = await run_callers(drawn, call, never_return={"wait_for_work"})
+
+            recurring = {r.id for r in await storage.list_recurring()}
+            for i, (name, _) in enumerate(drawn):
+                if name == "enqueue":
+                    stored = await storage.get(new_jobs[i].id)
+                    assert (stored is not None) == (i in returned), (i, name)
+                elif name == "upsert_recurring":
+                    assert (f"{tag}-{i}" in recurring) == (i in returned), (i, name)
+                elif name == "claim":
+                    job = await storage.get(claimable[i].id)
+                    assert job is not None
+                    assert isinstance(job.state, Processing) == (i in returned), (i, name)
+                elif name == "apply":
+                    job = await storage.get(held[i].id)
+                    assert job is not None
+                    assert isinstance(job.state, Failed) == (i in returned), (i, name)
 
     trio.run(main)

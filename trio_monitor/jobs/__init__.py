@@ -7,6 +7,7 @@ tests.
 """
 
 from .._public import document_as_public
+from ._clock import TrioWallClock, WallClock
 from ._model import (
     AwaitingRetry,
     Deleted,
@@ -24,7 +25,14 @@ from ._model import (
 )
 from ._processor import RetryPolicy
 from ._server import JobServer, ServerConfig, ServerError
-from ._storage import Storage, open_storage
+from ._storage import (
+    SchemaStatus,
+    SchemaVersionError,
+    Storage,
+    check_schema,
+    migrate,
+    open_storage,
+)
 from ._workers import WorkerContext, WorkerRegistry
 
 __all__ = [
@@ -39,6 +47,8 @@ __all__ = [
     "RecurringJob",
     "RetryPolicy",
     "Scheduled",
+    "SchemaStatus",
+    "SchemaVersionError",
     "ServerConfig",
     "ServerError",
     "ServerInfo",
@@ -46,8 +56,12 @@ __all__ = [
     "Succeeded",
     "Transition",
     "Transitioned",
+    "TrioWallClock",
+    "WallClock",
     "WorkerContext",
     "WorkerRegistry",
+    "check_schema",
+    "migrate",
     "open_storage",
 ]
 

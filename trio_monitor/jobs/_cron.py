@@ -7,11 +7,16 @@ are UTC.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import logging
+from datetime import UTC, datetime, timedelta
 
 from cronsim import CronSim, CronSimError
 
-__all__ = ["FIELDS", "next_run", "validate_cron"]
+from .._validate import MAX_SECONDS
+
+logger = logging.getLogger("trio_monitor.jobs")
+
+__all__ = ["FIELDS", "next_run", "next_run_or_never", "validate_cron"]
 
 #: The six fields, in order.
 FIELDS = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
@@ -55,3 +60,18 @@ def next_run(cron: str, after: datetime) -> datetime:
         raise ValueError(f"invalid cron expression {cron!r}: {exc}") from None
     except StopIteration:
         raise ValueError(f"cron expression {cron!r} never matches after {after}") from None
+
+
+def next_run_or_never(cron: str, after: datetime) -> datetime:
+    """:func:`next_run`, but a stored expression that cannot be evaluated is skipped.
+
+    What the recurring poller gives storage: one broken template (stored by
+    an older version, or edited by hand) is logged and pushed out of reach
+    (about 95 years), so that the other templates go on being enqueued
+    instead of the whole poll failing for ever.
+    """
+    try:
+        return next_run(cron, after)
+    except (ValueError, TypeError):
+        logger.exception("recurring template with cron %r cannot be evaluated: skipped", cron)
+        return after + timedelta(seconds=MAX_SECONDS)

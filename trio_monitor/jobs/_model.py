@@ -33,6 +33,7 @@ __all__ = [
     "decode_state",
     "dump_json",
     "encode_state",
+    "stored_state",
     "utcnow",
 ]
 
@@ -42,11 +43,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dump_json(value: object, what: str = "payload") -> str:
-    """Serialise ``value`` to JSON, or raise :class:`TypeError` naming the problem."""
+    """Serialise ``value`` to compact JSON, or raise :class:`TypeError` naming the problem.
+
+    A value nested too deeply for Python's recursion limit is a TypeError
+    too: it can't be stored, which is all the caller needs to know.
+    """
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return _ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(f"job {what} must be JSON-serialisable: {exc}") from None
 
 
@@ -153,13 +161,43 @@ _STATE_CLASSES: dict[str, type[JobState]] = {
 }
 
 
-def encode_state(state: JobState) -> tuple[str, str]:
-    """``(state name, JSON of its fields)`` for storage backends."""
+# Per state class: its fields in order, and whether each is a datetime.
+_STATE_FIELDS: dict[type[Any], tuple[tuple[str, bool], ...]] = {
+    cls: tuple((f.name, f.type in ("datetime", datetime)) for f in attrs.fields(cls))
+    for cls in _STATE_CLASSES.values()
+}
+
+
+def stored_state(state: JobState) -> tuple[str, str, JobState]:
+    """``(state name, JSON of its fields, the state as it reads back)``.
+
+    The one encoding of a state: datetimes become ISO 8601 text in UTC (so
+    the state read back is ``state`` in UTC). TypeError if ``state`` is not a
+    job state or a field does not encode; ValueError for a naive datetime.
+    """
+    try:
+        plan = _STATE_FIELDS[type(state)]
+    except KeyError:
+        raise TypeError(f"not a job state: {state!r}") from None
     fields: dict[str, Any] = {}
-    for field in attrs.fields(type(state)):
-        value = getattr(state, field.name)
-        fields[field.name] = value.isoformat() if isinstance(value, datetime) else value
-    return state.name, dump_json(fields, "result")
+    converted = False
+    for name, is_datetime in plan:
+        value = getattr(state, name)
+        if is_datetime:
+            if value.tzinfo is not UTC:
+                value = _aware(value).astimezone(UTC)
+                converted = True
+            fields[name] = value.isoformat()
+        else:
+            fields[name] = value
+    data = dump_json(fields, "result")
+    return state.name, data, decode_state(state.name, data) if converted else state
+
+
+def encode_state(state: JobState) -> tuple[str, str]:
+    """``(state name, JSON of its fields)`` for storage backends (see :func:`stored_state`)."""
+    name, data, _ = stored_state(state)
+    return name, data
 
 
 def decode_state(name: str, data: str) -> JobState:

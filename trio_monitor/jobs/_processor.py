@@ -2,25 +2,38 @@
 
 The processor turns a claimed job into the :class:`Transition` that records
 its outcome; it does not write it (the server's committer batches those).
-The one write it makes itself is the requeue of a job whose run was
-cancelled from outside (the server stopping past its deadline, or an
-enclosing cancel scope): that write is shielded and bounded, and must happen
-before the cancellation goes on, or the job would sit in ``Processing``
-until a stale sweep finds it.
+The writes it makes itself are the outcomes that must land while a
+cancellation from outside (an enclosing cancel scope) or a job's own
+``KeyboardInterrupt``/``SystemExit`` goes on: those are shielded and
+bounded, or the job would sit in ``Processing`` until recovery finds it.
+
+An intentional stop is never a failure, as everywhere in trio_monitor (the
+supervision core's rule, :mod:`trio_monitor._core`): a run stopped on purpose
+(:class:`StopReason`) or cancelled from outside ends as the stop says,
+whatever its code raises or returns meanwhile.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
-import math
-import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import attrs
 import trio
 
+from .._backoff import Backoff
+from .._core import capture, is_outer_cancelled
+from .._failures import describe_exception
+from .._validate import (
+    MAX_SECONDS,
+    attrs_count,
+    attrs_fraction,
+    attrs_multiplier,
+    attrs_seconds,
+)
 from ._model import (
     AwaitingRetry,
     Enqueued,
@@ -29,12 +42,12 @@ from ._model import (
     JobState,
     Succeeded,
     Transition,
-    dump_json,
+    encode_state,
 )
 from ._storage import Storage
 from ._workers import Middleware, WorkerContext, WorkerFn, WorkerRegistry
 
-__all__ = ["Processor", "RetryPolicy", "StateChangeHook"]
+__all__ = ["Processor", "RetryPolicy", "RunningJob", "StateChangeHook", "StopReason", "describe"]
 
 logger = logging.getLogger("trio_monitor.jobs")
 
@@ -44,29 +57,6 @@ StateChangeHook = Callable[[Job, JobState, JobState], None]
 #: How long a cancelled job's requeue may take before it is given up (the
 #: job is then left to the stale sweep or dead-server reclaim).
 REQUEUE_TIMEOUT = 5.0
-
-
-def _non_negative(name: str) -> Callable[[object, attrs.Attribute[float], float], None]:
-    def check(_instance: object, _attribute: attrs.Attribute[float], value: float) -> None:
-        if not isinstance(value, int | float) or math.isnan(value) or value < 0:
-            raise ValueError(f"RetryPolicy.{name} must be a number >= 0, got {value!r}")
-
-    return check
-
-
-def _check_max_attempts(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"RetryPolicy.max_attempts must be an int >= 1, got {value!r}")
-
-
-def _check_multiplier(_instance: object, _attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, int | float) or math.isnan(value) or value < 1:
-        raise ValueError(f"RetryPolicy.multiplier must be a number >= 1, got {value!r}")
-
-
-def _check_jitter(_instance: object, _attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"RetryPolicy.jitter must be a fraction in [0, 1], got {value!r}")
 
 
 @attrs.frozen
@@ -82,40 +72,118 @@ class RetryPolicy:
       max_attempts (int): Attempts in all, the first included (>= 1). A job
         that fails its last one ends :class:`~trio_monitor.jobs.Failed`.
       initial_delay (float): Seconds before the first retry.
-      multiplier (float): Growth of the delay per attempt (>= 1).
-      max_delay (float): Cap on the delay, in seconds.
+      multiplier (float): Growth of the delay per attempt (>= 1, finite).
+      max_delay (float): Cap on the delay, in seconds. ``math.inf`` means
+        no cap; the delay is clamped to about 95 years anyway
+        (:data:`~trio_monitor._validate.MAX_SECONDS`), so that a retry time
+        always fits a datetime.
       jitter (float): Fraction of the delay added or taken at random (0-1).
+
+    Raises:
+      TypeError: A field of the wrong type (a bool is not a number).
+      ValueError: A field out of its range; the message names it.
     """
 
-    max_attempts: int = attrs.field(default=3, validator=_check_max_attempts)
-    initial_delay: float = attrs.field(default=1.0, validator=_non_negative("initial_delay"))
-    multiplier: float = attrs.field(default=2.0, validator=_check_multiplier)
-    max_delay: float = attrs.field(default=300.0, validator=_non_negative("max_delay"))
-    jitter: float = attrs.field(default=0.1, validator=_check_jitter)
+    max_attempts: int = attrs.field(
+        default=3, validator=attrs_count("RetryPolicy", "max_attempts", minimum=1)
+    )
+    initial_delay: float = attrs.field(
+        default=1.0,
+        validator=attrs_seconds("RetryPolicy", "initial_delay", maximum=MAX_SECONDS),
+    )
+    multiplier: float = attrs.field(
+        default=2.0, validator=attrs_multiplier("RetryPolicy", "multiplier")
+    )
+    max_delay: float = attrs.field(
+        default=300.0, validator=attrs_seconds("RetryPolicy", "max_delay", allow_inf=True)
+    )
+    jitter: float = attrs.field(default=0.1, validator=attrs_fraction("RetryPolicy", "jitter"))
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.initial_delay, self.multiplier, self.max_delay, self.jitter)
 
     def base_delay(self, attempt: int) -> float:
-        """The delay after failed attempt ``attempt`` before jitter."""
-        exponent = max(attempt - 1, 0)
-        try:
-            raw = self.initial_delay * self.multiplier**exponent
-        except OverflowError:
-            raw = math.inf
-        return min(self.max_delay, raw)
+        """The delay after failed attempt ``attempt`` before jitter (never above MAX_SECONDS)."""
+        return self._backoff().base_delay(attempt)
 
     def delay(self, attempt: int) -> float:
-        """The delay after failed attempt ``attempt``, jitter included."""
-        base = self.base_delay(attempt)
-        return max(0.0, base * (1.0 + random.uniform(-self.jitter, self.jitter)))
+        """The delay after failed attempt ``attempt``, jitter included (never above MAX_SECONDS)."""
+        return self._backoff().delay(attempt)
+
+
+#: The longest error text stored in a job; longer messages are cut, with a
+#: note saying how much was left out.
+MAX_ERROR_CHARS = 4000
 
 
 def describe(exc: BaseException) -> str:
-    """An error as stored in a job: ``"Type: message"``."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """An error as stored in a job: ``"Type: message"``, never raising, bounded.
+
+    Built with :func:`~trio_monitor._failures.describe_exception`, so an
+    exception whose ``__str__`` raises is stored as ``"T: <unprintable T>"``;
+    a huge message is cut to :data:`MAX_ERROR_CHARS`.
+    """
+    name = type(exc).__name__
+    text = describe_exception(exc)
+    error = f"{name}: {text}" if text else name
+    if len(error) > MAX_ERROR_CHARS:
+        cut = len(error) - MAX_ERROR_CHARS
+        error = f"{error[:MAX_ERROR_CHARS]}... ({cut} more characters)"
+    return error
+
+
+class StopReason(enum.Enum):
+    """Why a running job was stopped on purpose. An intentional stop is never a failure.
+
+    Whatever the job's code does while it is being stopped (raises an
+    :class:`Exception` from a ``finally``, swallows :class:`trio.Cancelled`,
+    returns a value), the stop decides the outcome.
+    """
+
+    #: The server stopped past ``shutdown_timeout``, or the run was cancelled
+    #: from outside: the job goes back to Enqueued, that attempt uncounted.
+    SHUTDOWN = "shutdown"
+
+
+class RunningJob:
+    """One job being run: its cancel scope, and why it was stopped, if it was.
+
+    The same rule as the supervision core's :meth:`TaskState.abort
+    <trio_monitor._core.TaskState.abort>`: the reason is recorded before the
+    scope is cancelled, so once the job's code sees its cancellation, the
+    outcome is already decided.
+    """
+
+    __slots__ = ("job_id", "scope", "stop_reason")
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.scope = trio.CancelScope()
+        self.stop_reason: StopReason | None = None
+
+    def stop(self, reason: StopReason) -> None:
+        """Cancel the run on purpose; the first reason given wins."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.scope.cancel()
 
 
 class Processor:
-    """Runs claimed jobs for one server start; shared by its workers."""
+    """Runs claimed jobs for one server start; shared by its workers.
+
+    Every run ends in exactly one of four ways, decided in this order:
+
+    1. **Stopped on purpose** (a :class:`StopReason` given to
+       :meth:`stop_all`, or a cancellation from outside): the stop's outcome
+       (requeued, that attempt uncounted), whatever the code did meanwhile.
+    2. **A BaseException of its own** (``SystemExit``, ``KeyboardInterrupt``):
+       a counted failed attempt, written at once (shielded, bounded); then
+       the exception propagates and stops the server, as Trio wants.
+    3. **Timed out**: still running at ``job_timeout`` (even if it then
+       returned, having ignored its cancellation): a failed attempt with a
+       :exc:`TimeoutError` text.
+    4. Otherwise it raised (a failed attempt) or returned (succeeded).
+    """
 
     def __init__(
         self,
@@ -125,8 +193,8 @@ class Processor:
         retry_policy: RetryPolicy,
         middleware: Sequence[Middleware],
         job_timeout: float,
-        succeeded_ttl: float,
-        failed_ttl: float,
+        succeeded_ttl: float | None,
+        failed_ttl: float | None,
         clock: Callable[[], datetime],
         notify: StateChangeHook,
     ) -> None:
@@ -135,19 +203,35 @@ class Processor:
         self._retry = retry_policy
         self._middleware = tuple(middleware)
         self._job_timeout = job_timeout
-        self._succeeded_ttl = timedelta(seconds=succeeded_ttl)
-        self._failed_ttl = timedelta(seconds=failed_ttl)
+        self._succeeded_ttl = None if succeeded_ttl is None else timedelta(seconds=succeeded_ttl)
+        self._failed_ttl = None if failed_ttl is None else timedelta(seconds=failed_ttl)
         self._now = clock
         self._notify = notify
+        #: The runs under way, by job id.
+        self.running: dict[str, RunningJob] = {}
+        # Set by stop_all: runs that would start from now on are stopped at once.
+        self._stopped_all: StopReason | None = None
+
+    def stop_all(self, reason: StopReason) -> int:
+        """Stop every run under way on purpose, and every run asked for later.
+
+        Returns how many runs were under way.
+        """
+        self._stopped_all = reason
+        runs = list(self.running.values())
+        for run in runs:
+            run.stop(reason)
+        return len(runs)
 
     async def process(self, job: Job, ctx: WorkerContext) -> Transition:
         """Run ``job`` (as claimed) and return the transition recording its outcome.
 
         If the run is cancelled from outside, the job is put back to
         :class:`Enqueued` with this attempt uncounted (shielded, bounded),
-        and the cancellation propagates.
+        and the cancellation propagates. If the job raises a
+        :class:`BaseException` that is not a cancellation, its failed
+        attempt is written the same way and the exception propagates.
         """
-        # The worker may mutate its copy; the CAS needs the claim's values.
         job_id, version, attempts, method = job.id, job.version, job.attempts, job.method
         if attempts > self._retry.max_attempts:
             # Claimed again and again without an outcome: it probably kills
@@ -166,34 +250,70 @@ class Processor:
             return self._terminal(
                 job_id, version, Failed(f"no worker is registered for method {method!r}")
             )
+        run = self.running[job_id] = RunningJob(job_id)
+        if self._stopped_all is not None:
+            run.stop(self._stopped_all)  # never starts: the server is past its deadline
         started = trio.current_time()
+        exc: Exception | None = None
         result: object = None
         try:
-            with trio.move_on_after(self._job_timeout) as scope:
-                result = await self._call(0, fn, job, ctx)
-        except Exception as exc:
-            logger.warning("job %s (%s) failed attempt %d", job_id, method, attempts, exc_info=True)
-            return self._failed_attempt(job_id, version, attempts, describe(exc))
-        except BaseException:
-            await self.requeue([(job, self._requeue_transition(job_id, version, attempts))])
+            with run.scope, trio.move_on_after(self._job_timeout) as timeout:
+                # The worker gets a copy of its own: what it changes never
+                # reaches the hook's job or the compare-and-swap.
+                exc, result = await self._call_isolated(fn, attrs.evolve(job), ctx)
+        except BaseException as raised:
+            own = self._stopped(run, job_id, version, attempts)
+            if own is None:
+                # Its own SystemExit, KeyboardInterrupt...: counted.
+                own = self._failed_attempt(job_id, version, attempts, describe(raised))
+                logger.exception(
+                    "job %s (%s) raised %s: attempt %d counted, and it propagates",
+                    job_id,
+                    method,
+                    type(raised).__name__,
+                    attempts,
+                )
+            await self.write_now([(job, own)])
             raise
-        if scope.cancelled_caught:
-            logger.warning("job %s (%s) timed out after %ss", job_id, method, self._job_timeout)
-            return self._failed_attempt(
-                job_id, version, attempts, f"timed out after {self._job_timeout:g}s"
-            )
-        duration = trio.current_time() - started
-        try:
-            dump_json(result, "result")
-        except TypeError:
+        finally:
+            if self.running.get(job_id) is run:
+                del self.running[job_id]
+        stopped = self._stopped(run, job_id, version, attempts)
+        if stopped is not None:
+            if is_outer_cancelled():
+                await self.write_now([(job, stopped)])
+                await trio.lowlevel.checkpoint()  # raises the Cancelled
+            return stopped
+        # Past its deadline is a timeout however the run ended: cancelled,
+        # an exception made of its Cancelled, or a late return after
+        # ignoring it (swallowed, or blocked in a thread).
+        if timeout.cancel_called or trio.current_time() >= timeout.deadline:
+            logger.warning("job %s (%s) timed out after %gs", job_id, method, self._job_timeout)
+            error = f"TimeoutError: timed out after {self._job_timeout:g}s"
+            return self._failed_attempt(job_id, version, attempts, error)
+        if exc is not None:
             logger.warning(
-                "job %s (%s) returned a %s, which is not JSON-serialisable; storing None",
+                "job %s (%s) failed attempt %d: %s",
                 job_id,
                 method,
-                type(result).__name__,
+                attempts,
+                describe(exc),
+                exc_info=exc,
             )
-            result = None
-        return self._terminal(job_id, version, Succeeded(result, duration))
+            return self._failed_attempt(job_id, version, attempts, describe(exc))
+        return self._succeeded(job, trio.current_time() - started, result)
+
+    async def _call_isolated(
+        self, fn: WorkerFn, job: Job, ctx: WorkerContext
+    ) -> tuple[Exception | None, object]:
+        result: object = None
+
+        async def call() -> None:
+            nonlocal result
+            result = await self._call(0, fn, job, ctx)
+
+        exc = await capture(call, ())
+        return exc, result
 
     async def _call(self, index: int, fn: WorkerFn, job: Job, ctx: WorkerContext) -> object:
         # Middleware[0] is outermost; its call_next runs middleware[1], ...,
@@ -203,10 +323,41 @@ class Processor:
         call_next = functools.partial(self._call, index + 1, fn, job, ctx)
         return await self._middleware[index](job, ctx, call_next)
 
+    def _stopped(
+        self, run: RunningJob, job_id: str, version: int, attempts: int
+    ) -> Transition | None:
+        """The outcome of an intentional stop, or None if the run was not stopped.
+
+        Each :class:`StopReason` maps to its outcome here (an abort will map
+        to its own terminal state).
+        """
+        reason = run.stop_reason
+        if reason is None and is_outer_cancelled():
+            reason = StopReason.SHUTDOWN
+        if reason is None:
+            return None
+        return self._requeue_transition(job_id, version, attempts)
+
+    def _succeeded(self, job: Job, duration: float, result: object) -> Transition:
+        state = Succeeded(result, duration)
+        try:
+            # Exactly what storage will write: a result JSON refuses (a
+            # set, NaN, a 5,000-deep list) must not fail there.
+            encode_state(state)
+        except Exception:
+            logger.warning(
+                "job %s (%s) returned a %s, which is not JSON-serialisable; storing None",
+                job.id,
+                job.method,
+                type(result).__name__,
+            )
+            state = Succeeded(None, duration)
+        return self._terminal(job.id, job.version, state)
+
     def _terminal(self, job_id: str, version: int, state: Succeeded | Failed) -> Transition:
         ttl = self._succeeded_ttl if isinstance(state, Succeeded) else self._failed_ttl
-        now = self._now()
-        return Transition(job_id, version, state, expires_at=now + ttl)
+        expires = None if ttl is None else self._now() + ttl
+        return Transition(job_id, version, state, expires_at=expires)
 
     def _failed_attempt(self, job_id: str, version: int, attempts: int, error: str) -> Transition:
         if attempts < self._retry.max_attempts:
@@ -217,33 +368,45 @@ class Processor:
     def _requeue_transition(self, job_id: str, version: int, attempts: int) -> Transition:
         return Transition(job_id, version, Enqueued(self._now()), attempts=max(attempts - 1, 0))
 
+    def requeue_counted(self, job: Job) -> Transition:
+        """Back to Enqueued with the attempt kept (a worker died by a bug mid-job)."""
+        return Transition(job.id, job.version, Enqueued(self._now()))
+
     async def release(self, claimed: Sequence[Job]) -> None:
         """Put claimed jobs that were never run back to Enqueued, attempt uncounted.
 
         For jobs a stopping server claimed but could no longer hand to a
         worker. Shielded and bounded like the requeue of a cancelled run.
         """
-        await self.requeue(
+        await self.write_now(
             [(job, self._requeue_transition(job.id, job.version, job.attempts)) for job in claimed]
         )
 
-    async def requeue(self, requeues: Sequence[tuple[Job, Transition]]) -> None:
-        # Shielded: it runs while a cancellation is going on, and must land
-        # first, or the jobs would sit in Processing until a recovery sweep.
-        stored: list[Job | None] = [None] * len(requeues)
+    async def write_now(self, writes: Sequence[tuple[Job, Transition]]) -> None:
+        """Apply transitions at once, shielded and bounded by :data:`REQUEUE_TIMEOUT`.
+
+        For outcomes that must land while a cancellation or a
+        ``BaseException`` is going on, before it goes on: otherwise the jobs
+        would sit in Processing until recovery finds them.
+        """
+        stored: list[Job | None] = [None] * len(writes)
         with trio.CancelScope(shield=True) as scope:
             scope.relative_deadline = REQUEUE_TIMEOUT
             try:
-                stored = await self._storage.apply([transition for _, transition in requeues])
+                stored = await self._storage.apply([transition for _, transition in writes])
             except Exception:
-                logger.exception("could not requeue %d cancelled job(s)", len(requeues))
-        for (job, transition), now_stored in zip(requeues, stored, strict=True):
+                logger.exception(
+                    "could not write the outcome of %d stopped job(s)",
+                    len(writes),
+                )
+        for (job, transition), now_stored in zip(writes, stored, strict=True):
             if now_stored is None:
                 logger.warning(
-                    "cancelled job %s was not requeued; recovery will find it "
+                    "the %s outcome of stopped job %s was not written; recovery will find it "
                     "(stale sweep or dead-server reclaim)",
+                    transition.state.name,
                     transition.job_id,
                 )
                 continue
-            logger.info("requeued job %s, cancelled before it finished", transition.job_id)
+            logger.info("job %s stopped before it finished: now %s", job.id, transition.state.name)
             self._notify(now_stored, job.state, now_stored.state)

@@ -8,16 +8,22 @@ knows scheduling, not SQL.
 Everything a start owns lives in a :class:`_ServerRun`, so that a stopped
 server starts again from a clean slate (a fresh shutdown token, a fresh
 identity). Its tasks run under the supervision core's
-:func:`~trio_monitor._core.open_component`: a task that crashes by a
-bug is logged and never takes the server down, and nothing outlives
-:meth:`JobServer.run`.
+:func:`~trio_monitor._core.open_component`, and nothing outlives
+:meth:`JobServer.run`. Defence in depth:
+
+* a storage error in any loop is logged and retried with a
+  :class:`~trio_monitor.Backoff`; a *closed* storage
+  (:exc:`trio.ClosedResourceError`) stops the server, and :meth:`JobServer.run`
+  raises it;
+* a task of the server that dies by a bug is reported, replaced after a
+  backoff, and a job it held is put back (its attempt counted, so that a
+  job that triggers the bug every time ends Failed).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -26,10 +32,14 @@ from typing import Any
 import attrs
 import trio
 
+from .._backoff import Backoff
 from .._core import FINITE, SupervisedNursery, TaskState, open_component
-from .._failures import TaskFailure
+from .._failures import TaskFailure, describe_reason
 from .._token import ShutdownToken
-from ._cron import next_run, validate_cron
+from .._validate import MAX_SECONDS, attrs_count, attrs_seconds, check_seconds, check_str
+from ._clock import WallClock, check_clock, trio_time_of
+from ._cron import next_run, next_run_or_never, validate_cron
+from ._liveness import Liveness
 from ._model import (
     AwaitingRetry,
     Deleted,
@@ -45,7 +55,7 @@ from ._model import (
     dump_json,
     utcnow,
 )
-from ._processor import Processor, RetryPolicy, StateChangeHook
+from ._processor import Processor, RetryPolicy, StateChangeHook, StopReason, describe
 from ._storage import Storage
 from ._workers import Middleware, WorkerContext, WorkerRegistry
 
@@ -53,11 +63,12 @@ __all__ = ["JobServer", "ServerConfig", "ServerError"]
 
 logger = logging.getLogger("trio_monitor.jobs")
 
-#: Bounds on storage calls made while shielded from cancellation.
+#: Bounds on storage calls made while shielded from cancellation, and the
+#: grace a job stopped past ``shutdown_timeout`` gets to finish its cleanup.
 SHIELDED_CALL_TIMEOUT = 5.0
-#: Back-off after a failing storage call: doubles from the first value to the
-#: second, with +-25% jitter so servers do not retry in lock-step.
-ERROR_BACKOFF = (0.5, 30.0)
+#: Back-off after a failing storage call (and before replacing a task that
+#: died by a bug), with jitter so that servers do not retry in lock-step.
+ERROR_BACKOFF = Backoff(initial=0.5, multiplier=2.0, max=30.0, jitter=0.25)
 
 
 class ServerError(Exception):
@@ -66,28 +77,33 @@ class ServerError(Exception):
 
 # -- configuration --------------------------------------------------------
 
-_COUNTS = {"worker_count": 0, "fetch_batch_size": 1}
-_INTERVALS = (
-    "polling_interval",
-    "job_timeout",
-    "scheduler_poll_interval",
-    "stale_processing_after",
-    "recurring_poll_interval",
-    "cleanup_interval",
-    "heartbeat_interval",
-    "dead_server_timeout",
-)
-_NON_NEGATIVE = ("shutdown_timeout", "succeeded_ttl", "failed_ttl")
-
 
 def _queues(value: Sequence[str]) -> list[str]:
     if isinstance(value, str):
         raise TypeError(f"ServerConfig.queues must be a list of queue names, not the str {value!r}")
     queues = list(value)
-    for queue in queues:
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"ServerConfig.queues must hold non-empty strs, got {queue!r}")
+    for index, queue in enumerate(queues):
+        check_str(f"ServerConfig.queues[{index}]", queue)
     return queues
+
+
+def _interval(field: str, default: float) -> Any:
+    # Durations the server waits or compares: > 0, finite, at most MAX_SECONDS
+    # (so that ``now - interval`` always fits a datetime).
+    return attrs.field(
+        default=default,
+        validator=attrs_seconds("ServerConfig", field, positive=True, maximum=MAX_SECONDS),
+    )
+
+
+def _ttl(value: object, name: str) -> None:
+    if value is not None:
+        check_seconds(f"ServerConfig.{name}", value, maximum=MAX_SECONDS)
+
+
+def _flag(_instance: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"ServerConfig.{attribute.name} must be a bool, not {value!r}")
 
 
 @attrs.frozen(hash=False)
@@ -102,8 +118,9 @@ class ServerConfig:
       polling_interval (float): How long an idle server waits for work
         before it polls storage again. Enqueues in this process (and
         PostgreSQL notifications) wake it at once.
-      job_timeout (float): A run taking longer is cancelled and counts as
-        a failed attempt.
+      job_timeout (float): A run still going after this long is cancelled
+        and counts as a failed attempt (with a ``TimeoutError`` text), even
+        if it ignores its cancellation and returns later.
       queues (list[str]): Queues to claim from; empty: all queues.
       fetch_batch_size (int): Most jobs claimed in one storage round trip
         (never more than there are idle workers).
@@ -113,96 +130,84 @@ class ServerConfig:
       scheduler_poll_interval (float): Its polling interval. Jobs this
         server delays or retries wake it early, at their due time.
       shutdown_timeout (float): How long :meth:`JobServer.stop` lets
-        running jobs finish before it cancels them and re-enqueues them.
-      stale_processing_after (float): On start, ``Processing`` jobs claimed
-        longer ago than this are re-enqueued (their server died). Keep it
-        well above ``job_timeout``.
+        running jobs finish before it cancels them and re-enqueues them
+        (that attempt uncounted). ``>= 0``.
+      stale_processing_after (float): ``Processing`` jobs of a server that
+        has no heartbeat row (one that runs without heartbeats, or has
+        deregistered) are re-enqueued once claimed longer ago than this:
+        on start, and continuously while the server runs. Keep it well
+        above ``job_timeout``.
       enable_recurring (bool): Run the recurring (cron) poller.
       recurring_poll_interval (float): Its polling interval.
       enable_cleanup (bool): Run the sweeper that deletes expired jobs.
       cleanup_interval (float): Its interval.
-      succeeded_ttl (float): How long a ``Succeeded`` job is kept.
-      failed_ttl (float): How long a ``Failed`` job is kept.
-      enable_heartbeat (bool): Register the server, bump its heartbeat and
-        re-enqueue the running jobs of peers whose heartbeat stopped.
-      heartbeat_interval (float): Time between heartbeats.
-      dead_server_timeout (float): A peer silent this long is dead. Keep it
-        several ``heartbeat_interval`` s long.
+      succeeded_ttl (float | None): How long a ``Succeeded`` job is kept;
+        None keeps it for ever.
+      failed_ttl (float | None): How long a ``Failed`` (or deleted) job is
+        kept; None keeps it for ever.
+      enable_heartbeat (bool): Register the server and bump its heartbeat,
+        so that peers know it is alive (on by default). Every server,
+        with or without it, re-enqueues the running jobs of peers whose
+        heartbeat stopped.
+      heartbeat_interval (float): Time between heartbeats, and between two
+        looks for stranded jobs. Must be below ``dead_server_timeout``.
+      dead_server_timeout (float): A peer whose heartbeat has not changed
+        for this long (timed on this server's own monotonic clock, so a
+        wall-clock step never matters) is dead. Keep it several
+        ``heartbeat_interval`` s long.
+
+    Every duration must be finite and at most
+    :data:`~trio_monitor._validate.MAX_SECONDS` (about 95 years), so that
+    every timestamp the server computes fits a datetime.
 
     Raises:
-      ValueError: a negative count or a non-positive interval (naming it).
+      TypeError: a field of the wrong type (naming it; a bool is not a number).
+      ValueError: a negative count, a non-positive interval, an infinite or
+        too long duration, or ``heartbeat_interval >= dead_server_timeout``
+        (naming them).
     """
 
-    server_name: str = "qml-server"
-    worker_count: int = 5
-    polling_interval: float = 1.0
-    job_timeout: float = 300.0
+    server_name: str = attrs.field(
+        default="qml-server", validator=lambda _i, _a, v: check_str("ServerConfig.server_name", v)
+    )
+    worker_count: int = attrs.field(
+        default=5, validator=attrs_count("ServerConfig", "worker_count")
+    )
+    polling_interval: float = _interval("polling_interval", 1.0)
+    job_timeout: float = _interval("job_timeout", 300.0)
     queues: list[str] = attrs.field(factory=lambda: ["default"], converter=_queues)
-    fetch_batch_size: int = 10
-    enable_scheduler: bool = True
-    scheduler_poll_interval: float = 30.0
-    shutdown_timeout: float = 30.0
-    stale_processing_after: float = 300.0
-    enable_recurring: bool = True
-    recurring_poll_interval: float = 5.0
-    enable_cleanup: bool = True
-    cleanup_interval: float = 60.0
-    succeeded_ttl: float = 86400.0
-    failed_ttl: float = 604800.0
-    enable_heartbeat: bool = False
-    heartbeat_interval: float = 10.0
-    dead_server_timeout: float = 60.0
+    fetch_batch_size: int = attrs.field(
+        default=10, validator=attrs_count("ServerConfig", "fetch_batch_size", minimum=1)
+    )
+    enable_scheduler: bool = attrs.field(default=True, validator=_flag)
+    scheduler_poll_interval: float = _interval("scheduler_poll_interval", 30.0)
+    shutdown_timeout: float = attrs.field(
+        default=30.0,
+        validator=attrs_seconds("ServerConfig", "shutdown_timeout", maximum=MAX_SECONDS),
+    )
+    stale_processing_after: float = _interval("stale_processing_after", 300.0)
+    enable_recurring: bool = attrs.field(default=True, validator=_flag)
+    recurring_poll_interval: float = _interval("recurring_poll_interval", 5.0)
+    enable_cleanup: bool = attrs.field(default=True, validator=_flag)
+    cleanup_interval: float = _interval("cleanup_interval", 60.0)
+    succeeded_ttl: float | None = attrs.field(
+        default=86400.0, validator=lambda _i, _a, v: _ttl(v, "succeeded_ttl")
+    )
+    failed_ttl: float | None = attrs.field(
+        default=604800.0, validator=lambda _i, _a, v: _ttl(v, "failed_ttl")
+    )
+    enable_heartbeat: bool = attrs.field(default=True, validator=_flag)
+    heartbeat_interval: float = _interval("heartbeat_interval", 10.0)
+    dead_server_timeout: float = _interval("dead_server_timeout", 60.0)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.server_name, str) or not self.server_name:
+        if self.heartbeat_interval >= self.dead_server_timeout:
             raise ValueError(
-                f"ServerConfig.server_name must be a non-empty str, not {self.server_name!r}"
+                f"ServerConfig.heartbeat_interval ({self.heartbeat_interval:g}s) must be "
+                f"below ServerConfig.dead_server_timeout ({self.dead_server_timeout:g}s), "
+                "or live servers would declare each other dead; keep the timeout several "
+                "heartbeats long"
             )
-        for name, least in _COUNTS.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"ServerConfig.{name} must be an int >= {least}, got {value!r}")
-        for name in (*_INTERVALS, *_NON_NEGATIVE):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-                raise ValueError(f"ServerConfig.{name} must be a number of seconds, got {value!r}")
-            if name in _INTERVALS and value <= 0:
-                raise ValueError(f"ServerConfig.{name} must be > 0 seconds, got {value!r}")
-            if value < 0:
-                raise ValueError(f"ServerConfig.{name} must be >= 0 seconds, got {value!r}")
-
-
-# -- the clock ------------------------------------------------------------
-
-
-class _Clock:
-    """Wall-clock UTC time that advances with :func:`trio.current_time`.
-
-    Anchored once per Trio run, so a ``MockClock`` drives the server's
-    delays, retries, TTLs and heartbeats, and real runs get real time.
-    """
-
-    __slots__ = ("_anchor",)
-
-    def __init__(self) -> None:
-        self._anchor: tuple[object, datetime, float] | None = None
-
-    def now(self) -> datetime:
-        token = trio.lowlevel.current_trio_token()
-        if self._anchor is None or self._anchor[0] is not token:
-            self._anchor = (token, utcnow(), trio.current_time())
-        _, wall, mono = self._anchor
-        return wall + timedelta(seconds=trio.current_time() - mono)
-
-    def trio_time_of(self, when: datetime) -> float:
-        """The :func:`trio.current_time` at which ``now()`` will reach ``when``."""
-        return trio.current_time() + (when - self.now()).total_seconds()
-
-
-def _backoff(failures: int) -> float:
-    first, cap = ERROR_BACKOFF
-    delay: float = min(cap, first * 2.0 ** min(failures - 1, 32))
-    return delay * random.uniform(0.75, 1.25)
 
 
 # -- the server -----------------------------------------------------------
@@ -229,6 +234,13 @@ class JobServer:
         claim, ``old_state`` is an ``Enqueued`` stamped with the claim time.
         It runs in the server's task: keep it quick and non-blocking. If it
         raises, the error is logged and ignored.
+      clock: The wall clock: a callable returning the current time as an
+        aware UTC datetime, read each time a timestamp is needed (default:
+        the system clock). Tests under :class:`trio.testing.MockClock` pass
+        a :class:`~trio_monitor.jobs.TrioWallClock`.
+
+    Raises:
+      TypeError: an argument of the wrong type (naming it).
     """
 
     def __init__(
@@ -240,6 +252,7 @@ class JobServer:
         retry_policy: RetryPolicy | None = None,
         middleware: Sequence[Middleware] = (),
         on_state_change: StateChangeHook | None = None,
+        clock: WallClock | None = None,
     ) -> None:
         if not isinstance(config, ServerConfig):
             raise TypeError(f"config must be a ServerConfig, not {type(config).__name__}")
@@ -266,7 +279,7 @@ class JobServer:
         self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
         self.middleware = middleware
         self.on_state_change = on_state_change
-        self._clock = _Clock()
+        self._clock: WallClock = utcnow if clock is None else check_clock(clock)
         self._run: _ServerRun | None = None
 
     def __repr__(self) -> str:
@@ -286,20 +299,19 @@ class JobServer:
         return self._run.identity if self._run is not None else None
 
     def now(self) -> datetime:
-        """The server's clock: UTC wall time that advances with :func:`trio.current_time`.
+        """The server's wall clock: UTC, read now (see the ``clock`` argument).
 
         Every time the server gives storage (claims, due times, TTLs,
-        heartbeats) comes from here, so a :class:`trio.testing.MockClock`
-        drives them all.
+        heartbeats) comes from here.
         """
-        return self._clock.now()
+        return self._clock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the server until :meth:`stop` (or until cancelled).
 
-        Use ``await nursery.start(server.run)``: it returns once stale
-        ``Processing`` jobs were re-enqueued, the heartbeat row (if enabled)
-        is registered and the loops are running.
+        Use ``await nursery.start(server.run)``: it returns once the
+        heartbeat row (if enabled) is registered, stranded ``Processing``
+        jobs were re-enqueued and the loops are running.
 
         If cancelled from outside, everything stops at once; jobs that were
         running are re-enqueued (shielded, within a few seconds) with that
@@ -307,13 +319,17 @@ class JobServer:
 
         Raises:
           ServerError: the server is already running.
+          trio.ClosedResourceError: the storage is closed (at start, or
+            while running: the server then stops and raises it).
+          BaseException: a job's own ``KeyboardInterrupt`` or
+            ``SystemExit`` (its failed attempt is written first).
         """
         if self._run is not None:
             raise ServerError(
                 f"job server {self.config.server_name!r} is already running; "
                 "stop() it before starting it again"
             )
-        run = _ServerRun(self, self._clock)
+        run = _ServerRun(self)
         self._run = run
         try:
             await run.main(task_status)
@@ -326,9 +342,9 @@ class JobServer:
 
         Workers stop claiming and ``ctx.cancel`` is set; running jobs get
         ``shutdown_timeout`` seconds to finish, then they are cancelled and
-        put back to ``Enqueued`` (that attempt uncounted). Pending outcomes
-        are written, the heartbeat row is removed. Does nothing if the
-        server is not running.
+        put back to ``Enqueued`` (that attempt uncounted, whatever their
+        code does while cancelled). Pending outcomes are written, the
+        heartbeat row is removed. Does nothing if the server is not running.
         """
         run = self._run
         if run is None:
@@ -358,14 +374,15 @@ class JobServer:
         server picks it up at once. The server need not be running.
 
         Raises:
-          TypeError: ``payload`` is not JSON-serialisable (nothing is stored).
-          ValueError: both ``delay`` and ``run_at``, a negative delay, a
-            naive ``run_at``, or an empty method or queue name.
+          TypeError: ``payload`` is not JSON-serialisable (nothing is
+            stored), ``delay`` is not a number, or ``method`` or ``queue``
+            is not a str.
+          ValueError: both ``delay`` and ``run_at``, a negative, infinite
+            or too long delay (more than about 95 years), a naive
+            ``run_at``, or an empty method or queue name.
         """
-        if not isinstance(method, str) or not method:
-            raise ValueError(f"method must be a non-empty str, got {method!r}")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+        check_str("method", method)
+        check_str("queue", queue)
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise TypeError(f"priority must be an int, got {priority!r}")
         if delay is not None and run_at is not None:
@@ -374,9 +391,8 @@ class JobServer:
         now = self.now()
         state: JobState
         if delay is not None:
-            if not isinstance(delay, int | float) or math.isnan(delay) or delay < 0:
-                raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
-            state = Scheduled(now + timedelta(seconds=delay))
+            seconds = check_seconds("delay", delay, maximum=MAX_SECONDS)
+            state = Scheduled(now + timedelta(seconds=seconds))
         elif run_at is not None:
             if not isinstance(run_at, datetime):
                 raise TypeError(f"run_at must be a datetime, got {run_at!r}")
@@ -391,7 +407,7 @@ class JobServer:
         return job_id
 
     async def delete(self, job_id: str) -> bool:
-        """Mark a job :class:`~trio_monitor.jobs.Deleted` (kept for ``failed_ttl``).
+        """Mark a job :class:`~trio_monitor.jobs.Deleted` (kept for ``failed_ttl``; None: for ever).
 
         Returns False if there is no such job. A running job that is
         deleted still runs, but its outcome is not written (the
@@ -403,7 +419,8 @@ class JobServer:
                 return False
             if isinstance(job.state, Deleted):
                 return True
-            expires = self.now() + timedelta(seconds=self.config.failed_ttl)
+            ttl = self.config.failed_ttl
+            expires = None if ttl is None else self.now() + timedelta(seconds=ttl)
             transition = Transition(job.id, job.version, Deleted(), expires_at=expires)
             (stored,) = await self.storage.apply([transition])
             if stored is not None:
@@ -434,14 +451,12 @@ class JobServer:
         Raises:
           ValueError: an invalid cron expression (naming the bad field), an
             empty id, method or queue.
-          TypeError: ``payload`` is not JSON-serialisable.
+          TypeError: ``payload`` is not JSON-serialisable, or an id, method
+            or queue that is not a str.
         """
-        if not isinstance(id, str) or not id:
-            raise ValueError(f"recurring job id must be a non-empty str, got {id!r}")
-        if not isinstance(method, str) or not method:
-            raise ValueError(f"method must be a non-empty str, got {method!r}")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+        check_str("recurring job id", id)
+        check_str("method", method)
+        check_str("queue", queue)
         validate_cron(cron)
         dump_json(payload)
         recurring = RecurringJob(
@@ -480,12 +495,53 @@ def _call_hook(hook: StateChangeHook | None, job: Job, old: JobState, new: JobSt
         )
 
 
+@attrs.define(eq=False)
+class _Task:
+    """One of the server's own tasks: what to run, and its current run.
+
+    ``state`` changes when a task that died by a bug is replaced.
+    """
+
+    name: str
+    fn: Callable[..., Awaitable[None]]
+    args: tuple[Any, ...] = ()
+    state: TaskState | None = None
+    failures: int = 0
+
+    async def wait(self) -> None:
+        """Return once the task (and any replacement of it) has ended."""
+        while True:
+            state = self.state
+            assert state is not None
+            await state.wait()
+            if self.state is state:
+                return
+
+    @property
+    def done(self) -> bool:
+        return self.state is None or self.state.done
+
+    def abort(self) -> None:
+        if self.state is not None:
+            self.state.abort()
+
+
+@attrs.define(eq=False)
+class _Worker:
+    """A worker slot: its mailbox (one job at a time) and the job it holds."""
+
+    worker_id: str
+    mailbox: trio.MemorySendChannel[Job] | None = None
+    current: Job | None = None
+    task: _Task | None = None
+
+
 class _ServerRun:
     """What one start of a :class:`JobServer` owns."""
 
-    def __init__(self, server: JobServer, clock: _Clock) -> None:
+    def __init__(self, server: JobServer) -> None:
         self.server = server
-        self.clock = clock
+        self.clock = server.now
         self.hook = server.on_state_change
         self.config = config = server.config
         self.storage = server.storage
@@ -497,6 +553,8 @@ class _ServerRun:
         )
         self.started = False
         self.done = trio.Event()
+        # A closed storage found by a loop: the server stops and run() raises it.
+        self.fatal: BaseException | None = None
         self.processor = Processor(
             storage=server.storage,
             workers=server.workers,
@@ -508,13 +566,32 @@ class _ServerRun:
             clock=server.now,
             notify=self.notify,
         )
+        self.liveness = Liveness(
+            self.identity,
+            config.dead_server_timeout,
+            config.stale_processing_after,
+            unique_id=config.enable_heartbeat,
+        )
+        self._last_stamp: datetime | None = None
+        # Consecutive failures of each loop's storage calls, for its backoff.
+        self._failures: dict[str, int] = {}
+        self._supervisor: SupervisedNursery | None = None
         # Waits that stop() interrupts (the fetcher's, the loops' pauses).
         self._waits: set[trio.CancelScope] = set()
         # Workers: the idle ones, in order, and a one-slot mailbox each.
-        self.worker_ids = [f"{config.server_name}:worker:{i}" for i in range(config.worker_count)]
+        self.slots = {
+            worker_id: _Worker(worker_id)
+            for worker_id in (
+                f"{config.server_name}:worker:{i}" for i in range(config.worker_count)
+            )
+        }
         self._idle: list[str] = []
         self._idle_changed = trio.Event()
-        self._mailboxes: dict[str, trio.MemorySendChannel[Job]] = {}
+        # Ids of the jobs this server holds: claimed, and their outcome not
+        # yet written. Counts claims started and ended: odd while one is in
+        # flight (its jobs are in storage as ours, not yet held).
+        self._held: set[str] = set()
+        self._claims = 0
         # Outcomes waiting for the committer: (job as claimed, transition).
         self._pending: list[tuple[Job, Transition]] = []
         self._pending_changed = trio.Event()
@@ -527,7 +604,7 @@ class _ServerRun:
     # -- helpers ----------------------------------------------------------
 
     def now(self) -> datetime:
-        return self.clock.now()
+        return self.clock()
 
     def notify(self, job: Job, old: JobState, new: JobState) -> None:
         _call_hook(self.hook, job, old, new)
@@ -540,6 +617,18 @@ class _ServerRun:
         self.token.set()
         for scope in list(self._waits):
             scope.cancel()
+
+    def _fail(self, exc: BaseException, where: str) -> None:
+        """Stop the server because of ``exc``, which :meth:`JobServer.run` raises."""
+        if self.fatal is None:
+            logger.error(
+                "job server %r: %s found the storage closed; stopping: %s",
+                self.identity,
+                where,
+                describe(exc),
+            )
+            self.fatal = exc
+        self.request_stop()
 
     async def _interruptible(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
         """``await fn(*args)``, cut short when the server is asked to stop."""
@@ -559,35 +648,81 @@ class _ServerRun:
 
     def note_due(self, when: datetime) -> None:
         """Wake the scheduler by ``when`` if it would sleep past it."""
-        at = self.clock.trio_time_of(when)
+        at = trio_time_of(self.clock, when)
         self._due_hint = min(self._due_hint, at)
         scope = self._scheduler_sleep
         if scope is not None:
             scope.deadline = min(scope.deadline, at)
 
-    def _report(self, failure: TaskFailure) -> None:
-        exc = getattr(failure.reason, "exception", None)
+    # -- the server's own tasks -------------------------------------------
+
+    def _start(self, task: _Task, delay: float = 0.0) -> _Task:
+        assert self._supervisor is not None
+        task.state = self._supervisor.spawn(task.name, self._run_task, (task, delay), FINITE, task)
+        return task
+
+    async def _run_task(self, task: _Task, delay: float) -> None:
+        if delay:
+            await self._pause(delay)
+            if self.token.is_set():
+                return
+        await task.fn(*task.args)
+
+    def _task_failed(self, state: TaskState, failure: TaskFailure) -> None:
+        """One of the server's tasks died by a bug: report it, recover its job, replace it."""
+        task = state.meta
+        assert isinstance(task, _Task)
+        slot = task.args[0] if task.args and isinstance(task.args[0], _Worker) else None
+        stopping = self.token.is_set()
         logger.error(
-            "job server %r: task %s crashed: %s",
+            "job server %r: task %s died by a bug (%s); %s",
             self.identity,
-            failure.task.name,
-            failure.reason,
-            exc_info=exc if isinstance(exc, BaseException) else None,
+            task.name,
+            describe_reason(failure.reason),
+            "not replaced: the server is stopping" if stopping else "replacing it",
+            exc_info=getattr(failure.reason, "exception", None),
         )
+        if slot is not None:
+            if slot.worker_id in self._idle:
+                self._idle.remove(slot.worker_id)
+            job, slot.current = slot.current, None
+            if job is not None:
+                # Its attempt stays counted: if the job itself triggers the
+                # bug, max_attempts ends it instead of killing workers for ever.
+                self._commit(job, self.processor.requeue_counted(job))
+        if not stopping:
+            task.failures += 1
+            self._start(task, ERROR_BACKOFF.delay(task.failures))
+
+    def _report(self, failure: TaskFailure) -> None:
+        """Failures are logged by :meth:`_task_failed`, which sees the task's state."""
 
     # -- main -------------------------------------------------------------
 
     async def main(self, task_status: trio.TaskStatus[None]) -> None:
         config = self.config
-        await self._recover_stale()
-        if config.enable_heartbeat:
-            now = self.now()
-            # Registered before the first claim, so peers never see our jobs
-            # stamped with an identity that has no row.
-            await self.storage.register_server(self._server_info(now))
         try:
-            async with open_component(lambda supervisor: supervisor, self._report) as supervisor:
-                self._spawn(supervisor)
+            # The startup sweep. A storage error here is logged and left to
+            # the liveness loop, which registers the row if it is missing
+            # (our claims are then only judged by their age meanwhile); a
+            # closed storage is raised at once.
+            try:
+                if config.enable_heartbeat:
+                    # Registered before the first claim, so peers never see
+                    # our jobs stamped with an identity that has no row.
+                    await self.storage.register_server(self._server_info(self._stamp()))
+                await self._liveness_tick()
+            except trio.ClosedResourceError:
+                raise
+            except Exception:
+                logger.exception(
+                    "job server %r: the startup registration or sweep failed; "
+                    "the liveness loop will retry",
+                    self.identity,
+                )
+            async with open_component(
+                self._build, self._report, on_failure=self._task_failed, logger=logger
+            ):
                 self.started = True
                 logger.info(
                     "job server %r started: %d workers on queues %s",
@@ -597,7 +732,7 @@ class _ServerRun:
                 )
                 task_status.started()
                 await self.token.wait()
-                await self._drain(supervisor)
+                await self._drain()
         finally:
             self.started = False
             if config.enable_heartbeat:
@@ -605,6 +740,8 @@ class _ServerRun:
                     "deregister the server", self.storage.deregister_server, self.identity
                 )
         logger.info("job server %r stopped", self.identity)
+        if self.fatal is not None:
+            raise self.fatal
 
     def _server_info(self, now: datetime) -> ServerInfo:
         return ServerInfo(
@@ -616,87 +753,96 @@ class _ServerRun:
             last_heartbeat=now,
         )
 
-    async def _recover_stale(self) -> None:
-        now = self.now()
-        cutoff = now - timedelta(seconds=self.config.stale_processing_after)
-        try:
-            recovered = await self.storage.requeue_stale(cutoff, now)
-        except Exception:
-            logger.exception("could not re-enqueue stale Processing jobs on start; continuing")
-            return
-        if recovered:
-            logger.info("re-enqueued %d stale Processing job(s) on start", len(recovered))
-        self.notify_all(recovered)
-
-    def _spawn(self, supervisor: SupervisedNursery) -> None:
+    def _build(self, supervisor: SupervisedNursery) -> None:
+        self._supervisor = supervisor
         config = self.config
-        self.loops: list[TaskState] = []
+        self.loops: list[_Task] = []
         if config.enable_scheduler:
-            self.loops.append(supervisor.spawn("jobs.scheduler", self._scheduler, (), FINITE))
+            self.loops.append(
+                _Task(
+                    "jobs.scheduler",
+                    self._loop,
+                    ("scheduler", self._scheduler_tick, self._scheduler_wait),
+                )
+            )
         if config.enable_recurring:
             self.loops.append(
-                supervisor.spawn(
+                _Task(
                     "jobs.recurring",
-                    self._every,
-                    ("recurring poller", config.recurring_poll_interval, self._recurring_tick),
-                    FINITE,
+                    self._loop,
+                    (
+                        "recurring poller",
+                        self._recurring_tick,
+                        self._waiter(config.recurring_poll_interval),
+                    ),
                 )
             )
         if config.enable_cleanup:
             self.loops.append(
-                supervisor.spawn(
+                _Task(
                     "jobs.cleanup",
-                    self._every,
-                    ("cleanup", config.cleanup_interval, self._cleanup_tick),
-                    FINITE,
+                    self._loop,
+                    ("cleanup", self._cleanup_tick, self._waiter(config.cleanup_interval)),
                 )
             )
-        if config.enable_heartbeat:
-            # Runs until the drain is over: the server is alive while it drains.
-            supervisor.spawn("jobs.heartbeat", self._heartbeat, (), FINITE)
-        self.workers: list[TaskState] = []
-        for worker_id in self.worker_ids:
-            send, receive = trio.open_memory_channel[Job](1)
-            self._mailboxes[worker_id] = send
-            self.workers.append(
-                supervisor.spawn(worker_id, self._worker, (worker_id, receive), FINITE)
-            )
-        self.committer = supervisor.spawn("jobs.committer", self._committer, (), FINITE)
-        self.fetcher: TaskState | None = None
-        if self.worker_ids:
-            self.fetcher = supervisor.spawn("jobs.fetcher", self._fetcher, (), FINITE)
-            self.loops.append(self.fetcher)
+        for loop in self.loops:
+            self._start(loop)
+        # Runs until the drain is over: the server is alive while it drains.
+        self.liveness_task = self._start(_Task("jobs.liveness", self._liveness_loop))
+        self.worker_tasks = [
+            self._start(_Task(slot.worker_id, self._worker, (slot,)))
+            for slot in self.slots.values()
+        ]
+        for task, slot in zip(self.worker_tasks, self.slots.values(), strict=True):
+            slot.task = task
+        self.committer = self._start(_Task("jobs.committer", self._committer))
+        self.fetcher: _Task | None = None
+        if self.slots:
+            self.fetcher = self._start(_Task("jobs.fetcher", self._fetcher))
 
-    async def _drain(self, supervisor: SupervisedNursery) -> None:
-        """The graceful stop: let running jobs finish, then write their outcomes."""
+    async def _drain(self) -> None:
+        """The graceful stop: let running jobs finish, stop the rest, write outcomes."""
         # The fetcher stops claiming (the token), hands out what its last
         # claim got, and closes the mailboxes; workers then finish and exit.
         with trio.move_on_after(self.config.shutdown_timeout):
-            if self.fetcher is not None:
+            await self._wait_all(self.worker_tasks)
+        stopped = self.processor.stop_all(StopReason.SHUTDOWN)
+        if stopped:
+            logger.warning(
+                "job server %r: %d job(s) still running after shutdown_timeout=%gs; "
+                "cancelling and re-enqueueing them (attempt uncounted)",
+                self.identity,
+                stopped,
+                self.config.shutdown_timeout,
+            )
+        # Their outcomes go through the committer. Code that ignores its
+        # cancellation gets a short grace, then its worker is cancelled too.
+        with trio.move_on_after(SHIELDED_CALL_TIMEOUT if stopped else 0):
+            await self._wait_all(self.worker_tasks)
+        late = [task for task in self.worker_tasks if not task.done]
+        for task in late:
+            task.abort()
+        await self._wait_all(late)
+        if self.fetcher is not None:
+            # A claim in flight is let land (its jobs then go back, their
+            # workers gone), within a bound: storage may be down.
+            with trio.move_on_after(SHIELDED_CALL_TIMEOUT):
                 await self.fetcher.wait()
-            for state in self.workers:
-                await state.wait()
-        late = [state for state in self.workers if not state.done]
-        if late:
-            busy = sum(1 for state in late if state.name not in self._idle)
-            if busy:
-                logger.warning(
-                    "job server %r: %d job(s) still running after shutdown_timeout=%gs; "
-                    "cancelling and re-enqueueing them",
-                    self.identity,
-                    busy,
-                    self.config.shutdown_timeout,
-                )
-            for state in late:
-                state.abort()
-            for state in late:
-                await state.wait()
+            self.fetcher.abort()
+            await self.fetcher.wait()
         self._commits_closed = True
         self._pending_changed.set()
         with trio.move_on_after(max(self.config.shutdown_timeout, SHIELDED_CALL_TIMEOUT)):
             await self.committer.wait()
-        for state in self.loops:
-            await state.wait()
+        for task in (self.committer, *self.loops, self.liveness_task):
+            task.abort()
+        await self._wait_all([self.committer, *self.loops, self.liveness_task])
+
+    @staticmethod
+    async def _wait_all(tasks: Sequence[_Task | None]) -> None:
+        for task in tasks:
+            if task is not None:
+                await task.wait()
 
     async def _shielded(self, what: str, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
         with trio.CancelScope(shield=True) as scope:
@@ -708,44 +854,69 @@ class _ServerRun:
 
     # -- periodic loops ---------------------------------------------------
 
-    async def _every(self, name: str, interval: float, tick: Callable[[], Awaitable[None]]) -> None:
-        failures = 0
-        while not self.token.is_set():
-            try:
-                await tick()
-            except Exception:
-                failures += 1
-                logger.exception("job server %r: %s failed; retrying", self.identity, name)
-                await self._pause(_backoff(failures))
-            else:
-                failures = 0
-                await self._pause(interval)
+    async def _loop(
+        self, name: str, tick: Callable[[], Awaitable[None]], wait: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run ``tick`` until the server stops, ``wait`` between ticks.
 
-    async def _scheduler(self) -> None:
-        failures = 0
+        A failing storage call is logged and retried after a backoff; a
+        closed storage stops the server. Cancellation is never caught.
+        """
         while not self.token.is_set():
-            self._due_hint = math.inf
+            if await self._tick(name, tick):
+                await wait()
+
+    async def _tick(
+        self, name: str, tick: Callable[[], Awaitable[None]], *, until_stop: bool = True
+    ) -> bool:
+        """Run one tick; False (after backing off) if it failed.
+
+        The backoff ends early when the server is asked to stop, unless
+        ``until_stop`` is False (the committer and the heartbeat work on
+        through the drain).
+        """
+        try:
+            await tick()
+        except trio.ClosedResourceError as exc:
+            self._fail(exc, name)
+            return False
+        except Exception:
+            failures = self._failures[name] = self._failures.get(name, 0) + 1
+            delay = ERROR_BACKOFF.delay(failures)
+            logger.exception(
+                "job server %r: %s failed; retrying in %.1fs",
+                self.identity,
+                name,
+                delay,
+            )
+            if until_stop:
+                await self._pause(delay)
+            else:
+                await trio.sleep(delay)
+            return False
+        self._failures.pop(name, None)
+        return True
+
+    def _waiter(self, interval: float) -> Callable[[], Awaitable[None]]:
+        return lambda: self._pause(interval)
+
+    async def _scheduler_tick(self) -> None:
+        self._due_hint = math.inf
+        self.notify_all(await self.storage.promote_due(self.now()))
+
+    async def _scheduler_wait(self) -> None:
+        # Sleep until the next poll, or earlier if note_due() learns of a
+        # job due sooner (a delay or retry made in this process).
+        wake_at = trio.current_time() + self.config.scheduler_poll_interval
+        with trio.CancelScope(deadline=min(wake_at, self._due_hint)) as scope:
+            self._scheduler_sleep = scope
             try:
-                promoted = await self.storage.promote_due(self.now())
-            except Exception:
-                failures += 1
-                logger.exception("job server %r: scheduler failed; retrying", self.identity)
-                await self._pause(_backoff(failures))
-                continue
-            failures = 0
-            self.notify_all(promoted)
-            # Sleep until the next poll, or earlier if note_due() learns of
-            # a job due sooner (a delay or retry made in this process).
-            wake_at = trio.current_time() + self.config.scheduler_poll_interval
-            with trio.CancelScope(deadline=min(wake_at, self._due_hint)) as scope:
-                self._scheduler_sleep = scope
-                try:
-                    await self.token.wait()
-                finally:
-                    self._scheduler_sleep = None
+                await self.token.wait()
+            finally:
+                self._scheduler_sleep = None
 
     async def _recurring_tick(self) -> None:
-        made = await self.storage.enqueue_due_recurring(self.now(), next_run)
+        made = await self.storage.enqueue_due_recurring(self.now(), next_run_or_never)
         for job in made:
             logger.debug("recurring poller enqueued job %s (%s)", job.id, job.method)
 
@@ -754,37 +925,80 @@ class _ServerRun:
         if deleted:
             logger.debug("cleanup deleted %d expired job(s)", deleted)
 
-    async def _heartbeat(self) -> None:
-        interval = self.config.heartbeat_interval
-        failures = 0
-        while True:
-            try:
-                await self._heartbeat_tick()
-            except Exception:
-                failures += 1
-                logger.exception("job server %r: heartbeat failed; retrying", self.identity)
-                await trio.sleep(min(_backoff(failures), interval))
-            else:
-                failures = 0
-                await trio.sleep(interval)
+    # -- liveness ---------------------------------------------------------
 
-    async def _heartbeat_tick(self) -> None:
+    async def _liveness_loop(self) -> None:
+        # Not stopped by the token: the server stays alive while it drains.
+        interval = self.config.heartbeat_interval
+        while True:
+            if await self._tick("liveness", self._liveness_tick, until_stop=False):
+                await trio.sleep(interval)
+            elif self.fatal is not None:
+                return
+
+    def _stamp(self) -> datetime:
+        """The next heartbeat stamp: now, but always different from the last one.
+
+        Peers only look at whether it changes, so a clock that stands still
+        or steps back must still move it.
+        """
         now = self.now()
-        if not await self.storage.heartbeat(self.identity, now):
+        last = self._last_stamp
+        if last is not None and now <= last:
+            now = last + timedelta(microseconds=1)
+        self._last_stamp = now
+        return now
+
+    async def _liveness_tick(self) -> None:
+        """Bump our heartbeat, then re-enqueue the jobs of dead peers and stale claims."""
+        if self.config.enable_heartbeat:
+            stamp = self._stamp()
+            if not await self.storage.heartbeat(self.identity, stamp):
+                logger.warning(
+                    "job server %r: heartbeat row was gone (a peer thought it dead); "
+                    "registering again",
+                    self.identity,
+                )
+                await self.storage.register_server(self._server_info(stamp))
+        servers = await self.storage.list_servers()
+        claims = self._claims
+        processing = await self.storage.list_jobs(state=Processing)
+        verdict = self.liveness.judge(
+            servers,
+            processing,
+            held=self._held,
+            # A claim in flight meanwhile may have stored jobs as ours that
+            # we do not hold yet: judge our own jobs another time.
+            settled=claims == self._claims and claims % 2 == 0,
+            now=self.now(),
+            mono=trio.current_time(),
+        )
+        if verdict.stranded:
+            now = self.now()
+            # The attempt they used stays counted.
+            transitions = [
+                Transition(job.id, job.version, Enqueued(now)) for job in verdict.stranded
+            ]
+            stored = await self.storage.apply(transitions)
+            requeued = 0
+            for job, now_stored in zip(verdict.stranded, stored, strict=True):
+                if now_stored is not None:
+                    requeued += 1
+                    self.notify(now_stored, job.state, now_stored.state)
+            if requeued:
+                logger.warning(
+                    "job server %r: re-enqueued %d job(s) stranded by dead servers or stale claims",
+                    self.identity,
+                    requeued,
+                )
+        for server_id in verdict.dead:
             logger.warning(
-                "job server %r: heartbeat row was gone (a peer thought it dead); registering again",
+                "job server %r: peer %r is dead (its heartbeat stopped %gs ago); removing it",
                 self.identity,
+                server_id,
+                self.config.dead_server_timeout,
             )
-            await self.storage.register_server(self._server_info(now))
-        cutoff = now - timedelta(seconds=self.config.dead_server_timeout)
-        reclaimed = await self.storage.reclaim_dead(cutoff, now)
-        if reclaimed:
-            logger.warning(
-                "job server %r: re-enqueued %d job(s) of dead servers",
-                self.identity,
-                len(reclaimed),
-            )
-        self.notify_all(reclaimed)
+            await self.storage.deregister_server(server_id)
 
     # -- claiming and working ---------------------------------------------
 
@@ -796,37 +1010,48 @@ class _ServerRun:
     async def _fetcher(self) -> None:
         """Claims jobs for idle workers, one batch per round trip."""
         config = self.config
-        failures = 0
         try:
             while not self.token.is_set():
                 if not self._idle:
                     await self._interruptible(self._idle_changed.wait)
                     continue
                 worker_ids = self._idle[: config.fetch_batch_size]
-                try:
-                    claimed = await self.storage.claim(
-                        queues=config.queues,
-                        worker_ids=worker_ids,
-                        server_name=self.identity,
-                        now=self.now(),
-                    )
-                except Exception:
-                    failures += 1
-                    logger.exception("job server %r: claim failed; retrying", self.identity)
-                    await self._interruptible(trio.sleep, _backoff(failures))
+                claimed: list[Job] = []
+
+                async def claim(
+                    worker_ids: list[str] = worker_ids, claimed: list[Job] = claimed
+                ) -> None:
+                    self._claims += 1  # odd while a claim is in flight
+                    try:
+                        got = await self.storage.claim(
+                            queues=config.queues,
+                            worker_ids=worker_ids,
+                            server_name=self.identity,
+                            now=self.now(),
+                        )
+                        self._held.update(job.id for job in got)
+                        claimed.extend(got)
+                    finally:
+                        self._claims += 1
+
+                if not await self._tick("claim", claim):
                     continue
-                failures = 0
                 undelivered = [job for job in claimed if not self._dispatch(job)]
                 if undelivered:
-                    # Their workers were cancelled by a stop past its deadline.
+                    # Their workers are gone (cancelled by a stop past its
+                    # deadline, or died by a bug).
                     await self.processor.release(undelivered)
+                    self._held.difference_update(job.id for job in undelivered)
                 if len(claimed) < len(worker_ids):
                     # Nothing more to claim: wait for an enqueue or poll later.
                     with trio.move_on_after(config.polling_interval):
                         await self._interruptible(self.storage.wait_for_work)
         finally:
-            for send in self._mailboxes.values():
-                send.close()
+            if self.token.is_set():
+                # The stop: idle workers see their mailbox end, and exit.
+                for slot in self.slots.values():
+                    if slot.mailbox is not None:
+                        slot.mailbox.close()
 
     def _dispatch(self, job: Job) -> bool:
         """Hand ``job`` to the worker whose id storage stamped on it; False if it is gone."""
@@ -834,16 +1059,35 @@ class _ServerRun:
         assert isinstance(state, Processing), job
         self._idle.remove(state.worker_id)
         self.notify(job, Enqueued(state.started_at), state)
+        mailbox = self.slots[state.worker_id].mailbox
+        if mailbox is None:
+            return False
         try:
-            self._mailboxes[state.worker_id].send_nowait(job)
-        except trio.BrokenResourceError:
+            mailbox.send_nowait(job)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True
 
-    async def _worker(self, worker_id: str, mailbox: trio.MemoryReceiveChannel[Job]) -> None:
+    async def _worker(self, slot: _Worker) -> None:
+        send, mailbox = trio.open_memory_channel[Job](1)
+        slot.mailbox = send
         try:
-            await self._work(worker_id, mailbox)
+            self._mark_idle(slot.worker_id)
+            async for job in mailbox:
+                slot.current = job
+                ctx = WorkerContext(
+                    cancel=self.token,
+                    worker_id=slot.worker_id,
+                    server_name=self.identity,
+                    attempt=job.attempts,
+                )
+                transition = await self.processor.process(job, ctx)
+                self._commit(job, transition)
+                slot.current = None
+                self._mark_idle(slot.worker_id)
         finally:
+            if slot.mailbox is send:
+                slot.mailbox = None
             # Cancelled with a job handed over but not started: give it back.
             undelivered: list[Job] = []
             while True:
@@ -854,19 +1098,7 @@ class _ServerRun:
             mailbox.close()
             if undelivered:
                 await self.processor.release(undelivered)
-
-    async def _work(self, worker_id: str, mailbox: trio.MemoryReceiveChannel[Job]) -> None:
-        self._mark_idle(worker_id)
-        async for job in mailbox:
-            ctx = WorkerContext(
-                cancel=self.token,
-                worker_id=worker_id,
-                server_name=self.identity,
-                attempt=job.attempts,
-            )
-            transition = await self.processor.process(job, ctx)
-            self._commit(job, transition)
-            self._mark_idle(worker_id)
+                self._held.difference_update(job.id for job in undelivered)
 
     # -- group commit -----------------------------------------------------
 
@@ -878,7 +1110,6 @@ class _ServerRun:
 
     async def _committer(self) -> None:
         """Writes outcomes: whatever accumulated during one flush goes in the next."""
-        failures = 0
         batch: list[tuple[Job, Transition]] = []
         try:
             while True:
@@ -888,20 +1119,19 @@ class _ServerRun:
                 if not self._pending:
                     return
                 batch, self._pending = self._pending, []
-                try:
-                    stored = await self.storage.apply([t for _, t in batch])
-                except Exception:
-                    failures += 1
-                    logger.exception(
-                        "job server %r: writing %d outcome(s) failed; retrying",
-                        self.identity,
-                        len(batch),
-                    )
+                stored: list[Job | None] = []
+
+                async def write(
+                    batch: list[tuple[Job, Transition]] = batch, stored: list[Job | None] = stored
+                ) -> None:
+                    stored.extend(await self.storage.apply([t for _, t in batch]))
+
+                if not await self._tick("writing outcomes", write, until_stop=False):
                     self._pending[:0] = batch
                     batch = []
-                    await trio.sleep(_backoff(failures))
+                    if self.fatal is not None:
+                        return
                     continue
-                failures = 0
                 self._written(batch, stored)
                 batch = []
         except BaseException:
@@ -913,13 +1143,20 @@ class _ServerRun:
                     try:
                         stored = await self.storage.apply([t for _, t in left])
                     except Exception:
-                        logger.exception("job server %r: outcomes lost", self.identity)
+                        for job, _ in left:
+                            self._held.discard(job.id)
+                        logger.exception(
+                            "job server %r: %d outcome(s) lost",
+                            self.identity,
+                            len(left),
+                        )
                     else:
                         self._written(left, stored)
             raise
 
     def _written(self, batch: list[tuple[Job, Transition]], stored: list[Job | None]) -> None:
         for (job, transition), now_stored in zip(batch, stored, strict=True):
+            self._held.discard(job.id)
             if now_stored is None:
                 logger.warning(
                     "job %s changed while it ran (reclaimed or deleted); its %s outcome is dropped",

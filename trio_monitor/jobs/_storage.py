@@ -1,4 +1,4 @@
-"""The storage protocol of the job server, and :func:`open_storage`.
+"""The storage protocol of the job server, :func:`open_storage`, and the schema calls.
 
 Storage knows how to keep jobs and change them atomically; it knows nothing
 of scheduling, retries or workers (that is the server's business). Every
@@ -9,25 +9,81 @@ storage never both get the same job.
 Times are passed in by the caller (``now``) so that one clock, the server's,
 decides what is due. The contract that every backend passes is
 ``tests/jobs/test_storage_contract.py``.
+
+This module imports no backend. :data:`BACKENDS` maps each URL scheme to the
+module that implements it, imported only when a URL of that scheme is opened
+(so ``psycopg`` is loaded only for ``postgresql://``). A backend module
+provides ``async open(url) -> Storage`` and ``async schema_status(url) ->
+SchemaStatus``; a new backend is one module (or package) and one line here.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, cast, runtime_checkable
 
+import attrs
 import trio
 
 from ._model import Job, JobState, RecurringJob, ServerInfo, Transition, Transitioned
 
-__all__ = ["NextRun", "Storage", "WakeUp", "open_storage"]
+__all__ = [
+    "BACKENDS",
+    "NextRun",
+    "SchemaStatus",
+    "SchemaVersionError",
+    "Storage",
+    "check_schema",
+    "migrate",
+    "open_storage",
+]
 
 #: ``next_run(cron, after)``: the first occurrence of ``cron`` strictly after ``after``.
 NextRun = Callable[[str, datetime], datetime]
 
-SUPPORTED_SCHEMES = ("memory://", "sqlite:///", "postgresql://")
+#: URL scheme -> the module implementing it (imported when first opened).
+BACKENDS: Final[dict[str, str]] = {
+    "memory": "trio_monitor.jobs._backends._memory",
+    "sqlite": "trio_monitor.jobs._backends._sqlite",
+    "postgresql": "trio_monitor.jobs._backends._postgres",
+    "postgres": "trio_monitor.jobs._backends._postgres",
+}
+
+_URL_FORMS = "memory://, sqlite:///path/to/jobs.db, postgresql://user@host:port/db"
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer trio_monitor than this one.
+
+    Raised when such a storage is opened; nothing was changed in it. Upgrade
+    trio_monitor, or point the server at another database.
+    """
+
+
+@attrs.frozen
+class SchemaStatus:
+    """Where a database's job schema stands (see :func:`check_schema`).
+
+    Attributes:
+      current (int): The schema version the database has (0: none yet).
+      latest (int): The version this trio_monitor writes.
+    """
+
+    current: int
+    latest: int
+
+    @property
+    def up_to_date(self) -> bool:
+        """True if opening the storage would migrate nothing."""
+        return self.current == self.latest
+
+    @property
+    def too_new(self) -> bool:
+        """True if the database was written by a newer trio_monitor (opening it fails)."""
+        return self.current > self.latest
 
 
 @runtime_checkable
@@ -44,6 +100,12 @@ class Storage(Protocol):
       its version is still the expected one.
     * Orders: claims take the highest ``priority`` first, then the oldest job
       (creation order).
+    * Cancellation stays with its caller: cancelling one call never makes
+      another caller's call raise :class:`trio.Cancelled` or lose its write.
+      A cancelled call either happened whole (it then returns its result,
+      and the caller sees :class:`trio.Cancelled` at its next checkpoint) or
+      not at all (it raises :class:`trio.Cancelled`).
+    * After :meth:`aclose`, every call raises :class:`trio.ClosedResourceError`.
     """
 
     # -- jobs ------------------------------------------------------------
@@ -52,7 +114,8 @@ class Storage(Protocol):
         """Store ``job`` as given (any state) and return its id.
 
         Raises :class:`TypeError` if the payload is not JSON-serialisable
-        (nothing is stored) and :class:`ValueError` if the id exists.
+        (nothing is stored) and :class:`ValueError` if the id exists or the
+        priority is outside the 32-bit signed range.
         Wakes :meth:`wait_for_work` waiters in this process if the job is
         :class:`Enqueued`.
         """
@@ -86,9 +149,10 @@ class Storage(Protocol):
     ) -> list[Job]:
         """Claim up to ``len(worker_ids)`` :class:`Enqueued` jobs atomically.
 
-        Only jobs in ``queues`` (all queues if empty). The i-th claimed job
-        becomes ``Processing(now, worker_ids[i], server_name)`` with
-        ``attempts + 1``. Returns the claimed jobs as stored now.
+        Only jobs in ``queues`` (all queues if empty; any number of queues).
+        The i-th claimed job becomes ``Processing(now, worker_ids[i],
+        server_name)`` with ``attempts + 1``. Returns the claimed jobs as
+        stored now.
         """
         ...
 
@@ -102,7 +166,12 @@ class Storage(Protocol):
         ...
 
     async def promote_due(self, now: datetime) -> list[Transitioned]:
-        """Enqueue :class:`Scheduled` and :class:`AwaitingRetry` jobs due at ``now``."""
+        """Enqueue :class:`Scheduled` and :class:`AwaitingRetry` jobs due at ``now``.
+
+        A promoted job is requeued like any other: its attempts stay, and
+        its ``expires_at`` is cleared, since cleanup must never delete a job
+        that waits to run.
+        """
         ...
 
     async def requeue_stale(self, started_before: datetime, now: datetime) -> list[Transitioned]:
@@ -176,8 +245,16 @@ class Storage(Protocol):
         ``next_run_at`` to ``next_run(cron, now)`` and insert one
         :class:`Enqueued` job, atomically and conditioned on ``next_run_at``
         being unchanged, so each occurrence is enqueued once however many
-        servers poll. Missed occurrences collapse into one job.
+        servers poll. Missed occurrences collapse into one job. A template
+        whose ``next_run`` raises is logged and skipped (left as it is); the
+        others go on, all in one atomic step.
         """
+        ...
+
+    # -- schema and lifecycle --------------------------------------------
+
+    async def schema_status(self) -> SchemaStatus:
+        """The schema version of the backing database, and the one this code writes."""
         ...
 
     async def aclose(self) -> None:
@@ -185,20 +262,27 @@ class Storage(Protocol):
         ...
 
 
-class WakeUp:
-    """Wakes every waiter at once; the shared in-process half of ``wait_for_work``."""
+class _Backend(Protocol):
+    """What a module named in :data:`BACKENDS` provides."""
 
-    __slots__ = ("_event",)
+    async def open(self, url: str) -> Storage: ...
 
-    def __init__(self) -> None:
-        self._event = trio.Event()
+    async def schema_status(self, url: str) -> SchemaStatus: ...
 
-    def notify(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
 
-    async def wait(self) -> None:
-        await self._event.wait()
+def _backend(url: object) -> _Backend:
+    """The backend module for ``url`` (imported now), after the checks every URL gets."""
+    if not isinstance(url, str):
+        raise TypeError(f"storage URL must be a str, not {type(url).__name__}")
+    if url != url.strip() or any(ord(ch) < 0x20 or ch == "\x7f" for ch in url):
+        raise ValueError(
+            f"storage URL {url!r} has whitespace or control characters around or in it"
+        )
+    scheme, separator, _ = url.partition("://")
+    module = BACKENDS.get(scheme.lower()) if separator else None
+    if module is None:
+        raise ValueError(f"unsupported storage URL {url!r}: use one of {_URL_FORMS}")
+    return cast(_Backend, importlib.import_module(module))
 
 
 @asynccontextmanager
@@ -209,9 +293,16 @@ async def open_storage(url: str) -> AsyncGenerator[Storage, None]:
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: an
       embedded SQLite database (created, schema migrated on open).
     * ``postgresql://user@host:port/db``: PostgreSQL (needs the ``postgres``
-      extra: ``pip install trio-monitor[postgres]``).
+      extra: ``pip install trio-monitor[postgres]``). The first connection
+      is made here, so a wrong host, database or role fails at once with
+      the server's own message.
+
+    Raises:
+      ValueError: A malformed URL, an unknown scheme or option (the message
+        names the problem).
+      SchemaVersionError: The database was written by a newer trio_monitor.
     """
-    storage = await _connect(url)
+    storage = await _backend(url).open(url)
     try:
         yield storage
     finally:
@@ -219,21 +310,24 @@ async def open_storage(url: str) -> AsyncGenerator[Storage, None]:
             await storage.aclose()
 
 
-async def _connect(url: str) -> Storage:
-    if not isinstance(url, str):
-        raise TypeError(f"storage URL must be a str, not {type(url).__name__}")
-    if url == "memory://" or url.startswith("memory://"):
-        from ._memory import MemoryStorage
+async def check_schema(url: str) -> SchemaStatus:
+    """The schema version of the database ``url`` names, without changing it.
 
-        return MemoryStorage()
-    if url.startswith("sqlite:///"):
-        from ._sqlite import SQLiteStorage
+    Nothing is created or migrated (an SQLite file that does not exist is at
+    version 0). ``check_schema(url).up_to_date`` is what ``migrate --check``
+    reports.
+    """
+    return await _backend(url).schema_status(url)
 
-        return await SQLiteStorage.open(url[len("sqlite:///") :])
-    if url.startswith(("postgresql://", "postgres://")):
-        from ._postgres import PostgresStorage
 
-        return await PostgresStorage.open(url)
-    raise ValueError(
-        f"unsupported storage URL {url!r}: supported schemes are " + ", ".join(SUPPORTED_SCHEMES)
-    )
+async def migrate(url: str) -> SchemaStatus:
+    """Bring the database ``url`` names to the latest schema, and return its status.
+
+    Opening a storage migrates it too; this is the same step on its own, for
+    deployments that migrate before they start servers.
+
+    Raises:
+      SchemaVersionError: The database was written by a newer trio_monitor.
+    """
+    async with open_storage(url) as storage:
+        return await storage.schema_status()

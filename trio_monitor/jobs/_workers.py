@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import attrs
 
 from .._token import ShutdownToken
+from .._validate import check_str
 from ._model import Job
 
 __all__ = ["CallNext", "Middleware", "WorkerContext", "WorkerFn", "WorkerRegistry"]
@@ -74,10 +75,9 @@ class WorkerRegistry:
 
         Raises:
           ValueError: ``name`` is empty or already registered.
-          TypeError: ``fn`` is not callable.
+          TypeError: ``name`` is not a str, or ``fn`` is not callable.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"worker name must be a non-empty str, got {name!r}")
+        check_str("worker name", name)
         if not callable(fn):
             raise TypeError(f"worker for {name!r} must be an async function, got {fn!r}")
         if name in self._workers:

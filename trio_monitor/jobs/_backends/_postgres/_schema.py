@@ -1,0 +1,127 @@
+"""The PostgreSQL job schema: tables, migrations, and the version check.
+
+Migrations run on open, under a transaction-scoped advisory lock so several
+servers can start at once; a database whose schema is newer than this code
+is refused with :class:`~trio_monitor.jobs.SchemaVersionError` and left
+unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Final
+
+import psycopg
+
+from ..._storage import SchemaStatus, SchemaVersionError
+
+__all__ = [
+    "JOBS",
+    "MIGRATIONS",
+    "RECURRING",
+    "SCHEMA_VERSION",
+    "SERVERS",
+    "VERSIONS",
+    "migrate",
+    "read_status",
+]
+
+logger = logging.getLogger("trio_monitor.jobs.postgres")
+
+
+#: Key of the advisory lock that serialises schema migrations.
+MIGRATION_LOCK = 0x74726D5F6A6F6273  # "trm_jobs"
+
+JOBS = "trio_monitor_jobs"
+SERVERS = "trio_monitor_servers"
+RECURRING = "trio_monitor_recurring"
+VERSIONS = "trio_monitor_schema_version"
+
+# Schema migrations; the i-th entry (1-based) brings the schema to version i.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE {JOBS} (
+        id          text PRIMARY KEY,
+        seq         bigint GENERATED ALWAYS AS IDENTITY,
+        method      text NOT NULL,
+        payload     text NOT NULL,
+        queue       text NOT NULL,
+        priority    integer NOT NULL,
+        attempts    integer NOT NULL,
+        created_at  timestamptz NOT NULL,
+        state       text NOT NULL,
+        state_data  text NOT NULL,
+        due_at      timestamptz,
+        started_at  timestamptz,
+        server_name text,
+        expires_at  timestamptz,
+        version     bigint NOT NULL
+    );
+    CREATE INDEX {JOBS}_claim ON {JOBS} (priority DESC, seq) WHERE state = 'enqueued';
+    CREATE INDEX {JOBS}_due ON {JOBS} (due_at)
+        WHERE state IN ('scheduled', 'awaiting_retry');
+    CREATE INDEX {JOBS}_processing ON {JOBS} (server_name, started_at)
+        WHERE state = 'processing';
+    CREATE INDEX {JOBS}_expires ON {JOBS} (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE {SERVERS} (
+        id             text PRIMARY KEY,
+        name           text NOT NULL,
+        worker_count   integer NOT NULL,
+        queues         text[] NOT NULL,
+        started_at     timestamptz NOT NULL,
+        last_heartbeat timestamptz NOT NULL
+    );
+    CREATE TABLE {RECURRING} (
+        id          text PRIMARY KEY,
+        cron        text NOT NULL,
+        method      text NOT NULL,
+        payload     text NOT NULL,
+        queue       text NOT NULL,
+        next_run_at timestamptz NOT NULL,
+        priority    integer NOT NULL
+    );
+    """,
+)
+
+#: The schema version this code writes and understands.
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def _current(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [VERSIONS]).fetchone()
+    if not row or not row[0]:
+        return 0
+    row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {VERSIONS}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def read_status(conn: psycopg.Connection[Any]) -> SchemaStatus:
+    """The schema version of the database ``conn`` is connected to (reads only)."""
+    return SchemaStatus(current=_current(conn), latest=SCHEMA_VERSION)
+
+
+def migrate(conn: psycopg.Connection[Any], migrations: Sequence[str] = MIGRATIONS) -> None:
+    """Bring the schema to the latest version, one server at a time.
+
+    ``migrations`` is for tests of future steps; the default is this code's.
+    """
+    latest = len(migrations)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        current = _current(conn)
+        if current > latest:
+            raise SchemaVersionError(
+                f"the database's job schema is version {current}, newer than this "
+                f"trio_monitor understands (version {latest}): it was written by a newer "
+                "trio_monitor. Upgrade trio_monitor on this server, or point it at another "
+                "database; the database was not changed."
+            )
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {VERSIONS} ("
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version in range(current + 1, latest + 1):
+            conn.execute(migrations[version - 1].encode())
+            conn.execute(f"INSERT INTO {VERSIONS} (version) VALUES (%s)", [version])
+            logger.info("job schema migrated to version %d", version)

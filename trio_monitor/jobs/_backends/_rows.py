@@ -1,0 +1,431 @@
+"""The storage rules every backend shares, written once.
+
+How a job, a server row and a recurring template map to columns and back;
+how a state is encoded; which columns a state fills for the indexes; what a
+claim, a transition and a requeue change; how a recurring occurrence is made
+and what happens when a template's cron can't be evaluated. The SQL backends
+build their statements from these records, and the memory backend applies
+the same functions to its dicts, so one rule can't drift between backends.
+
+Timestamps: each backend stores them its own way (SQLite as integer
+microseconds, PostgreSQL as ``timestamptz``, memory as datetimes), so the
+functions that write rows take a ``stamp`` converter (``datetime -> stored``)
+and those that read take a ``when`` converter (``stored -> datetime``).
+
+Adding a column is one place per concern: the record (:class:`JobRow`,
+:class:`StateColumns`, ...) that names it, the function that fills it, and
+the backend's migration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Final, NamedTuple, TypeVar
+
+from .._model import (
+    AwaitingRetry,
+    Deleted,
+    Enqueued,
+    Failed,
+    Job,
+    JobState,
+    Processing,
+    RecurringJob,
+    Scheduled,
+    ServerInfo,
+    Succeeded,
+    Transition,
+    decode_state,
+    dump_json,
+    stored_state,
+)
+from .._storage import NextRun
+
+__all__ = [
+    "JOB_COLUMNS",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "RECURRING_COLUMNS",
+    "SERVER_COLUMNS",
+    "STATE_CLASSES",
+    "InsertRow",
+    "JobRow",
+    "RecurringRow",
+    "ServerRow",
+    "StateColumns",
+    "check_state_class",
+    "dump",
+    "identity",
+    "insert_row",
+    "job_from_row",
+    "next_occurrence",
+    "occurrence",
+    "recurring_row",
+    "requeue_columns",
+    "server_row",
+    "state_columns",
+    "transition_columns",
+    "updated",
+    "state_update",
+    "utc",
+]
+
+logger = logging.getLogger("trio_monitor.jobs.storage")
+
+_Stored = TypeVar("_Stored")
+
+#: Priorities are 32-bit signed ints on every backend (PostgreSQL's
+#: ``integer``), checked before anything is written.
+PRIORITY_MIN: Final = -(2**31)
+PRIORITY_MAX: Final = 2**31 - 1
+
+STATE_CLASSES: Final[tuple[type[JobState], ...]] = (
+    Enqueued,
+    Scheduled,
+    Processing,
+    Succeeded,
+    Failed,
+    AwaitingRetry,
+    Deleted,
+)
+
+
+def identity(value: _Stored) -> _Stored:
+    """The ``stamp``/``when`` converter of a backend that stores datetimes as they are."""
+    return value
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` (aware) in UTC; ValueError if it is naive."""
+    if value.tzinfo is None:
+        raise ValueError(f"timestamps must be timezone-aware (UTC), got naive {value!r}")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+# -- JSON and states -------------------------------------------------------
+
+#: The JSON encoding of payloads, results and state fields (compact, no NaN).
+dump = dump_json
+
+
+class StateColumns(NamedTuple):
+    """How a state is stored: its name, its JSON, and the index columns copied out of it.
+
+    ``due_at`` is when a Scheduled/AwaitingRetry job becomes due (the
+    scheduler's index); ``started_at`` and ``server_name`` identify a
+    Processing job's claim (stale and dead-server sweeps).
+    """
+
+    state: str
+    state_data: str
+    due_at: datetime | None
+    started_at: datetime | None
+    server_name: str | None
+
+
+def state_columns(state: JobState) -> tuple[StateColumns, JobState]:
+    """The columns storing ``state``, and the state as it will read back (in UTC).
+
+    The JSON is :func:`~trio_monitor.jobs._model.stored_state`'s (datetimes
+    in UTC). TypeError if ``state`` is not a job state or its fields do not
+    encode; ValueError for a naive datetime.
+    """
+    _, data, state = stored_state(state)
+    due_at: datetime | None = None
+    if isinstance(state, Scheduled):
+        due_at = state.enqueue_at
+    elif isinstance(state, AwaitingRetry):
+        due_at = state.retry_at
+    if isinstance(state, Processing):
+        return StateColumns(state.name, data, None, state.started_at, state.server_name), state
+    return StateColumns(state.name, data, due_at, None, None), state
+
+
+_STATE_NAMES: Final[dict[object, str]] = {cls: cls.name for cls in STATE_CLASSES}
+
+
+def check_state_class(state: object) -> str:
+    """The stored name of a state class (``list_jobs(state=...)``); TypeError otherwise."""
+    name = _STATE_NAMES.get(state)
+    if name is None:
+        raise TypeError(f"state must be a job state class, got {state!r}")
+    return name
+
+
+def _check_priority(priority: object, what: str) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"{what} must be an int, not {priority!r}")
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ValueError(
+            f"{what} must fit in 32 bits ({PRIORITY_MIN} to {PRIORITY_MAX}), got {priority}"
+        )
+    return priority
+
+
+# -- jobs ------------------------------------------------------------------
+
+
+class JobRow(NamedTuple):
+    """A job as read back from storage, by column name (:data:`JOB_COLUMNS`)."""
+
+    id: str
+    method: str
+    payload: str
+    queue: str
+    priority: int
+    attempts: int
+    created_at: Any
+    state: str
+    state_data: str
+    expires_at: Any
+    version: int
+
+
+#: The columns of :class:`JobRow`, in order, for SELECT lists.
+JOB_COLUMNS: Final = ", ".join(JobRow._fields)
+_JOB_FIELDS: Final = frozenset(JobRow._fields)
+
+
+def job_from_row(
+    row: Iterable[Any], when: Callable[[Any], datetime], state: JobState | None = None
+) -> Job:
+    """The :class:`Job` a row stores; ``state`` replaces the stored one if given.
+
+    The only place a stored job becomes a :class:`Job`.
+    """
+    r = row if isinstance(row, JobRow) else JobRow(*row)
+    return Job(
+        id=r.id,
+        method=r.method,
+        payload=json.loads(r.payload),
+        queue=r.queue,
+        priority=r.priority,
+        attempts=r.attempts,
+        created_at=when(r.created_at),
+        state=decode_state(r.state, r.state_data) if state is None else state,
+        expires_at=None if r.expires_at is None else when(r.expires_at),
+        version=r.version,
+    )
+
+
+class InsertRow(NamedTuple):
+    """Every column an inserted job fills, by name."""
+
+    id: str
+    method: str
+    payload: str
+    queue: str
+    priority: int
+    attempts: int
+    created_at: Any
+    state: str
+    state_data: str
+    due_at: Any
+    started_at: Any
+    server_name: str | None
+    expires_at: Any
+    version: int
+
+    def job_row(self) -> JobRow:
+        """The columns of this row that :func:`job_from_row` reads."""
+        return JobRow(
+            self.id,
+            self.method,
+            self.payload,
+            self.queue,
+            self.priority,
+            self.attempts,
+            self.created_at,
+            self.state,
+            self.state_data,
+            self.expires_at,
+            self.version,
+        )
+
+
+def updated(row: JobRow, columns: dict[str, Any]) -> JobRow:
+    """``row`` with the columns of a change (:func:`state_update` and friends) written."""
+    return row._replace(**{key: value for key, value in columns.items() if key in _JOB_FIELDS})
+
+
+def insert_row(job: Job, stamp: Callable[[datetime], Any]) -> InsertRow:
+    """The row that stores ``job`` as given; TypeError/ValueError before any write."""
+    if not isinstance(job, Job):
+        raise TypeError(f"expected a Job, got {type(job).__name__}")
+    columns, _ = state_columns(job.state)
+    return InsertRow(
+        id=job.id,
+        method=job.method,
+        payload=dump(job.payload),
+        queue=job.queue,
+        priority=_check_priority(job.priority, "Job.priority"),
+        attempts=job.attempts,
+        created_at=stamp(utc(job.created_at)),
+        state=columns.state,
+        state_data=columns.state_data,
+        due_at=None if columns.due_at is None else stamp(columns.due_at),
+        started_at=None if columns.started_at is None else stamp(columns.started_at),
+        server_name=columns.server_name,
+        expires_at=None if job.expires_at is None else stamp(utc(job.expires_at)),
+        version=job.version,
+    )
+
+
+def state_update(
+    state: JobState, stamp: Callable[[datetime], Any]
+) -> tuple[dict[str, Any], JobState]:
+    """The state columns a change to ``state`` writes, and the state as it reads back."""
+    columns, stored = state_columns(state)
+    return {
+        "state": columns.state,
+        "state_data": columns.state_data,
+        "due_at": None if columns.due_at is None else stamp(columns.due_at),
+        "started_at": None if columns.started_at is None else stamp(columns.started_at),
+        "server_name": columns.server_name,
+    }, stored
+
+
+def requeue_columns(now: datetime, stamp: Callable[[datetime], Any]) -> dict[str, Any]:
+    """The columns a requeue writes (besides ``version + 1``): what it keeps is the rest.
+
+    A requeue (promotion, stale claim, dead server) makes the job
+    :class:`Enqueued` at ``now`` and clears ``expires_at``: cleanup must
+    never delete a job that waits to run. Attempts and everything else stay.
+    """
+    columns, _ = state_update(Enqueued(utc(now)), stamp)
+    return {**columns, "expires_at": None}
+
+
+def transition_columns(
+    transition: Transition, stamp: Callable[[datetime], Any]
+) -> tuple[dict[str, Any], JobState]:
+    """The columns :meth:`Storage.apply` writes for ``transition``, and its stored state.
+
+    ``attempts`` None means "keep the stored count" (the backend keeps it).
+    """
+    columns, state = state_update(transition.state, stamp)
+    expires_at = transition.expires_at
+    columns["attempts"] = transition.attempts
+    columns["expires_at"] = None if expires_at is None else stamp(utc(expires_at))
+    return columns, state
+
+
+# -- servers ---------------------------------------------------------------
+
+
+class ServerRow(NamedTuple):
+    """A heartbeat row by column name (:data:`SERVER_COLUMNS`); ``queues`` as JSON text."""
+
+    id: str
+    name: str
+    worker_count: int
+    queues: Any
+    started_at: Any
+    last_heartbeat: Any
+
+    def to_server(self, when: Callable[[Any], datetime]) -> ServerInfo:
+        """The :class:`ServerInfo` this row stores."""
+        queues = self.queues
+        return ServerInfo(
+            id=self.id,
+            name=self.name,
+            worker_count=self.worker_count,
+            queues=json.loads(queues) if isinstance(queues, str) else list(queues),
+            started_at=when(self.started_at),
+            last_heartbeat=when(self.last_heartbeat),
+        )
+
+
+SERVER_COLUMNS: Final = ", ".join(ServerRow._fields)
+
+
+def server_row(info: ServerInfo, stamp: Callable[[datetime], Any]) -> ServerRow:
+    """The row storing ``info`` (queues as JSON text)."""
+    return ServerRow(
+        id=info.id,
+        name=info.name,
+        worker_count=info.worker_count,
+        queues=dump(list(info.queues), "server queues"),
+        started_at=stamp(utc(info.started_at)),
+        last_heartbeat=stamp(utc(info.last_heartbeat)),
+    )
+
+
+# -- recurring -------------------------------------------------------------
+
+
+class RecurringRow(NamedTuple):
+    """A recurring template by column name (:data:`RECURRING_COLUMNS`); payload as JSON text."""
+
+    id: str
+    cron: str
+    method: str
+    payload: str
+    queue: str
+    priority: int
+    next_run_at: Any
+
+    def to_recurring(self, when: Callable[[Any], datetime]) -> RecurringJob:
+        """The :class:`RecurringJob` this row stores."""
+        return RecurringJob(
+            id=self.id,
+            cron=self.cron,
+            method=self.method,
+            payload=json.loads(self.payload),
+            queue=self.queue,
+            next_run_at=when(self.next_run_at),
+            priority=self.priority,
+        )
+
+
+RECURRING_COLUMNS: Final = ", ".join(RecurringRow._fields)
+
+
+def recurring_row(recurring: RecurringJob, stamp: Callable[[datetime], Any]) -> RecurringRow:
+    """The row storing ``recurring``; TypeError/ValueError before any write."""
+    return RecurringRow(
+        id=recurring.id,
+        cron=recurring.cron,
+        method=recurring.method,
+        payload=dump(recurring.payload),
+        queue=recurring.queue,
+        priority=_check_priority(recurring.priority, "RecurringJob.priority"),
+        next_run_at=stamp(utc(recurring.next_run_at)),
+    )
+
+
+def next_occurrence(template: RecurringRow, now: datetime, next_run: NextRun) -> datetime | None:
+    """The template's next run after ``now``, or None (logged) if it can't be computed.
+
+    One template with a cron that can't be evaluated must not stop every
+    other recurring job, on any backend: it is logged and skipped, and left
+    as it is (it is tried again at the next poll).
+    """
+    try:
+        return utc(next_run(template.cron, now))
+    except Exception:
+        logger.exception(
+            "recurring job %r has a schedule that can't be evaluated (%r); skipped",
+            template.id,
+            template.cron,
+        )
+        return None
+
+
+def occurrence(template: RecurringRow, now: datetime) -> Job:
+    """The job one occurrence of ``template`` enqueues at ``now`` (not stored yet)."""
+    now = utc(now)
+    return Job(
+        id=str(uuid.uuid4()),
+        method=template.method,
+        payload=json.loads(template.payload),
+        queue=template.queue,
+        priority=template.priority,
+        attempts=0,
+        created_at=now,
+        state=Enqueued(now),
+    )
