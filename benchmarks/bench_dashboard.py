@@ -176,7 +176,7 @@ def sqlite_backend(workdir: Path) -> Iterator[Backend]:
     from trio_monitor.jobs._backends._sqlite._storage import _job
 
     path = workdir / "dashboard.db"
-    connections = _PerThread(lambda: sqlite3.connect(path))
+    connections = _PerThread(lambda: sqlite3.connect(path, check_same_thread=False))
 
     def query(sql: str, params: Sequence[object]) -> list[Any]:
         return connections.get().execute(sql, tuple(params)).fetchall()
