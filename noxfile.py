@@ -12,7 +12,7 @@ import nox
 
 PYTHON = "3.11"
 #: Every extra the tests, type checks and docs need.
-EXTRAS = ".[test,postgres,cli,metrics,otel]"
+EXTRAS = ".[test,postgres,cli,metrics,otel,dashboard]"
 ROOT = Path(__file__).parent
 LINT_PATHS = ["trio_monitor", "tests", "benchmarks", "noxfile.py", "docs/conf.py", "docs/_ext"]
 # Peer libraries the benchmarks compare against (not needed by the package).
@@ -64,8 +64,24 @@ def docs(session: nox.Session) -> None:
     """Build the HTML docs, warnings as errors."""
     # The CLI reference is generated from the commands, and the metrics and
     # tracing references import their modules: install those extras too.
-    session.install(".[cli,metrics,otel]", "sphinx", "sphinxcontrib-trio", "furo")
+    session.install(".[cli,metrics,otel,dashboard]", "sphinx", "sphinxcontrib-trio", "furo")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python=PYTHON)
+def screenshots(session: nox.Session) -> None:
+    """Re-take the dashboard screenshots in docs/_static/dashboard with the browser tests."""
+    session.install(EXTRAS)
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/dashboard/test_browser.py",
+        env={
+            "TRIO_MONITOR_SCREENSHOTS": str(ROOT / "docs" / "_static" / "dashboard"),
+            "TRIO_MONITOR_REQUIRE_BROWSER": "1",
+        },
+    )
 
 
 @nox.session(python=PYTHON)
@@ -78,7 +94,8 @@ def bench(session: nox.Session) -> None:
     installed here: the package with its PostgreSQL extra, matplotlib (the
     ``bench`` extra) and the peer libraries.
     """
-    session.install(".[postgres,bench]")
+    # The dashboard benchmark drives the app through httpx's ASGI transport.
+    session.install(".[postgres,bench,dashboard]", "httpx")
     missing = []
     for peer in BENCH_PEERS:
         # One peer that fails to install must not cost the others' comparisons.

@@ -92,7 +92,17 @@ def test_storage_after_the_command_beats_before_and_environment(tmp_path: Path) 
 def test_help_and_version() -> None:
     done = run("--help")
     assert done.returncode == 0
-    for command in ("worker", "enqueue", "jobs", "job", "delete", "servers", "recurring", "demo"):
+    for command in (
+        "worker",
+        "enqueue",
+        "jobs",
+        "job",
+        "delete",
+        "servers",
+        "recurring",
+        "demo",
+        "dashboard",
+    ):
         assert f"  {command} " in done.stdout
     assert run("--version").stdout.strip().endswith(__import__("trio_monitor").__version__)
 
