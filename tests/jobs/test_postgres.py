@@ -10,6 +10,7 @@ import importlib
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -125,16 +126,25 @@ async def test_claim_skips_rows_locked_elsewhere(storage: PostgresStorage, pg_ur
     assert late.id == first.id
 
 
-def _locks_of_others(url: str, blocker_pid: int) -> int:
-    with raw(url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-            "WHERE d.datname = current_database() AND l.pid NOT IN (pg_backend_pid(), %s) "
-            "AND l.locktype IN ('relation', 'tuple', 'transactionid') ",
-            [blocker_pid],
-        ).fetchone()
+def _locks_of_others(url: str, blocker_pid: int, *, within: float = 5.0) -> int:
+    """Locks held or awaited by other sessions, once they are gone or ``within`` s passed.
+
+    The server learns of a cancelled statement asynchronously (a cancel
+    request on another socket), so a loaded machine may need a moment.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        with raw(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE d.datname = current_database() AND l.pid NOT IN (pg_backend_pid(), %s) "
+                "AND l.locktype IN ('relation', 'tuple', 'transactionid') ",
+                [blocker_pid],
+            ).fetchone()
         assert row is not None
-        return int(row[0])
+        if int(row[0]) == 0 or time.monotonic() > deadline:
+            return int(row[0])
+        time.sleep(0.05)
 
 
 async def test_cancelled_apply_blocked_on_a_row_lock_leaves_nothing(
