@@ -8,6 +8,7 @@ tests.
 
 from .._public import document_as_public
 from ._model import (
+    Aborted,
     AwaitingRetry,
     Deleted,
     Enqueued,
@@ -15,6 +16,8 @@ from ._model import (
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     Scheduled,
     ServerInfo,
@@ -35,6 +38,7 @@ from ._storage import (
 from ._workers import WorkerContext, WorkerRegistry
 
 __all__ = [
+    "Aborted",
     "AwaitingRetry",
     "Deleted",
     "Enqueued",
@@ -43,6 +47,8 @@ __all__ = [
     "JobServer",
     "JobState",
     "Processing",
+    "Progress",
+    "QueueInfo",
     "RecurringJob",
     "RetryPolicy",
     "Scheduled",

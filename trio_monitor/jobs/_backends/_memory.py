@@ -19,13 +19,15 @@ from .._model import (
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     ServerInfo,
     Transition,
     Transitioned,
     decode_state,
 )
-from .._storage import NextRun, SchemaStatus
+from .._storage import AbortOutcome, NextRun, SchemaStatus
 from ._rows import (
     InsertRow,
     RecurringRow,
@@ -127,7 +129,14 @@ class MemoryStorage:
         return None if row is None else _job(row)
 
     async def list_jobs(
-        self, *, state: type[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        state: type[JobState] | None = None,
+        queue: str | None = None,
+        method: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        newest_first: bool = False,
     ) -> list[Job]:
         await self._enter()
         name = None if state is None else check_state_class(state)
@@ -238,6 +247,46 @@ class MemoryStorage:
     async def wait_for_work(self) -> None:
         self._check_open()
         await self._wakeup.wait()
+
+    # -- job control (not implemented yet on this backend) -----------------
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        raise NotImplementedError("counts")
+
+    async def abort(self, job_id: str, reason: str, now: datetime) -> AbortOutcome:
+        raise NotImplementedError("abort")
+
+    async def aborts_requested(self, server_name: str) -> list[tuple[str, str]]:
+        raise NotImplementedError("aborts_requested")
+
+    async def wait_for_abort(self) -> None:
+        raise NotImplementedError("wait_for_abort")
+
+    async def wait_for_finish(self) -> None:
+        raise NotImplementedError("wait_for_finish")
+
+    async def retry(self, job_id: str, now: datetime) -> bool:
+        raise NotImplementedError("retry")
+
+    async def delete(self, job_id: str, now: datetime) -> bool:
+        raise NotImplementedError("delete")
+
+    async def set_progress(self, job_id: str, progress: Progress) -> bool:
+        raise NotImplementedError("set_progress")
+
+    async def pause_queue(self, name: str) -> None:
+        raise NotImplementedError("pause_queue")
+
+    async def resume_queue(self, name: str) -> None:
+        raise NotImplementedError("resume_queue")
+
+    async def set_queue_limits(
+        self, name: str, max_running: int | None, rate: tuple[int, float] | None
+    ) -> None:
+        raise NotImplementedError("set_queue_limits")
+
+    async def list_queues(self) -> list[QueueInfo]:
+        raise NotImplementedError("list_queues")
 
     # -- servers ---------------------------------------------------------
 

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
+from ..._validate import check_str
 from .._model import (
+    Aborted,
     AwaitingRetry,
     Deleted,
     Enqueued,
@@ -34,11 +36,15 @@ from .._model import (
     Job,
     JobState,
     Processing,
+    Progress,
     RecurringJob,
     Scheduled,
     ServerInfo,
     Succeeded,
     Transition,
+    check_headers,
+    check_key,
+    check_timeout,
     decode_state,
     dump_json,
     stored_state,
@@ -64,6 +70,8 @@ __all__ = [
     "job_from_row",
     "next_occurrence",
     "occurrence",
+    "progress_from_json",
+    "progress_json",
     "recurring_row",
     "requeue_columns",
     "server_row",
@@ -91,6 +99,7 @@ STATE_CLASSES: Final[tuple[type[JobState], ...]] = (
     Failed,
     AwaitingRetry,
     Deleted,
+    Aborted,
 )
 
 
@@ -183,6 +192,11 @@ class JobRow(NamedTuple):
     state_data: str
     expires_at: Any
     version: int
+    headers: str
+    timeout: float | None
+    unique_key: str | None
+    lock_key: str | None
+    progress: str | None
 
 
 #: The columns of :class:`JobRow`, in order, for SELECT lists.
@@ -209,7 +223,25 @@ def job_from_row(
         state=decode_state(r.state, r.state_data) if state is None else state,
         expires_at=None if r.expires_at is None else when(r.expires_at),
         version=r.version,
+        headers=json.loads(r.headers) if r.headers else {},
+        timeout=r.timeout,
+        unique_key=r.unique_key,
+        lock=r.lock_key,
+        progress=None if r.progress is None else progress_from_json(r.progress),
     )
+
+
+def progress_json(progress: Progress | None) -> str | None:
+    """The stored form of a job's progress (JSON text, or NULL)."""
+    if progress is None:
+        return None
+    return dump({"fraction": progress.fraction, "message": progress.message}, "progress")
+
+
+def progress_from_json(text: str) -> Progress:
+    """The inverse of :func:`progress_json`."""
+    data = json.loads(text)
+    return Progress(data["fraction"], data.get("message"))
 
 
 class InsertRow(NamedTuple):
@@ -229,6 +261,11 @@ class InsertRow(NamedTuple):
     server_name: str | None
     expires_at: Any
     version: int
+    headers: str
+    timeout: float | None
+    unique_key: str | None
+    lock_key: str | None
+    progress: str | None
 
     def job_row(self) -> JobRow:
         """The columns of this row that :func:`job_from_row` reads."""
@@ -244,6 +281,11 @@ class InsertRow(NamedTuple):
             self.state_data,
             self.expires_at,
             self.version,
+            self.headers,
+            self.timeout,
+            self.unique_key,
+            self.lock_key,
+            self.progress,
         )
 
 
@@ -272,6 +314,11 @@ def insert_row(job: Job, stamp: Callable[[datetime], Any]) -> InsertRow:
         server_name=columns.server_name,
         expires_at=None if job.expires_at is None else stamp(utc(job.expires_at)),
         version=job.version,
+        headers=dump(check_headers(job.headers), "headers"),
+        timeout=check_timeout(job.timeout),
+        unique_key=check_key("unique_key", job.unique_key),
+        lock_key=check_key("lock", job.lock),
+        progress=progress_json(job.progress),
     )
 
 
@@ -368,6 +415,7 @@ class RecurringRow(NamedTuple):
     queue: str
     priority: int
     next_run_at: Any
+    timezone: str
 
     def to_recurring(self, when: Callable[[Any], datetime]) -> RecurringJob:
         """The :class:`RecurringJob` this row stores."""
@@ -379,6 +427,7 @@ class RecurringRow(NamedTuple):
             queue=self.queue,
             next_run_at=when(self.next_run_at),
             priority=self.priority,
+            timezone=self.timezone,
         )
 
 
@@ -395,6 +444,7 @@ def recurring_row(recurring: RecurringJob, stamp: Callable[[datetime], Any]) -> 
         queue=recurring.queue,
         priority=_check_priority(recurring.priority, "RecurringJob.priority"),
         next_run_at=stamp(utc(recurring.next_run_at)),
+        timezone=check_str("RecurringJob.timezone", recurring.timezone),
     )
 
 
@@ -406,7 +456,9 @@ def next_occurrence(template: RecurringRow, now: datetime, next_run: NextRun) ->
     as it is (it is tried again at the next poll).
     """
     try:
-        return utc(next_run(template.cron, now))
+        if template.timezone == "UTC":
+            return utc(next_run(template.cron, now))
+        return utc(next_run(template.cron, now, template.timezone))
     except Exception:
         logger.exception(
             "recurring job %r has a schedule that can't be evaluated (%r); skipped",

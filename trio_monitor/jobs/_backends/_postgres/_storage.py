@@ -72,13 +72,15 @@ from ..._model import (
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     ServerInfo,
     Transition,
     Transitioned,
     decode_state,
 )
-from ..._storage import NextRun, SchemaStatus
+from ..._storage import AbortOutcome, NextRun, SchemaStatus
 from .._rows import (
     JOB_COLUMNS,
     RECURRING_COLUMNS,
@@ -128,6 +130,11 @@ _TYPES: Final[dict[str, str]] = {
     "server_name": "text",
     "expires_at": "timestamptz",
     "version": "bigint",
+    "headers": "text",
+    "timeout": "float8",
+    "unique_key": "text",
+    "lock_key": "text",
+    "progress": "text",
     "expected": "bigint",
     "n": "int",
 }
@@ -394,7 +401,14 @@ class PostgresStorage:
         return await self._call(run)
 
     async def list_jobs(
-        self, *, state: type[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        state: type[JobState] | None = None,
+        queue: str | None = None,
+        method: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Jobs in creation order, optionally only those in ``state``."""
         name = None if state is None else check_state_class(state)
@@ -580,6 +594,46 @@ class PostgresStorage:
         """Return on a local enqueue or a NOTIFY from any server."""
         await self._nothing()
         await self._wakeup.wait()
+
+    # -- job control (not implemented yet on this backend) -----------------
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        raise NotImplementedError("counts")
+
+    async def abort(self, job_id: str, reason: str, now: datetime) -> AbortOutcome:
+        raise NotImplementedError("abort")
+
+    async def aborts_requested(self, server_name: str) -> list[tuple[str, str]]:
+        raise NotImplementedError("aborts_requested")
+
+    async def wait_for_abort(self) -> None:
+        raise NotImplementedError("wait_for_abort")
+
+    async def wait_for_finish(self) -> None:
+        raise NotImplementedError("wait_for_finish")
+
+    async def retry(self, job_id: str, now: datetime) -> bool:
+        raise NotImplementedError("retry")
+
+    async def delete(self, job_id: str, now: datetime) -> bool:
+        raise NotImplementedError("delete")
+
+    async def set_progress(self, job_id: str, progress: Progress) -> bool:
+        raise NotImplementedError("set_progress")
+
+    async def pause_queue(self, name: str) -> None:
+        raise NotImplementedError("pause_queue")
+
+    async def resume_queue(self, name: str) -> None:
+        raise NotImplementedError("resume_queue")
+
+    async def set_queue_limits(
+        self, name: str, max_running: int | None, rate: tuple[int, float] | None
+    ) -> None:
+        raise NotImplementedError("set_queue_limits")
+
+    async def list_queues(self) -> list[QueueInfo]:
+        raise NotImplementedError("list_queues")
 
     # -- servers ---------------------------------------------------------
 

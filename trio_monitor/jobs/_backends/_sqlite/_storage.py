@@ -43,13 +43,15 @@ from ..._model import (
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     ServerInfo,
     Transition,
     Transitioned,
     decode_state,
 )
-from ..._storage import NextRun, SchemaStatus
+from ..._storage import AbortOutcome, NextRun, SchemaStatus
 from .._rows import (
     JOB_COLUMNS,
     RECURRING_COLUMNS,
@@ -281,7 +283,14 @@ class SQLiteStorage:
         return await self._read(run)
 
     async def list_jobs(
-        self, *, state: type[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        state: type[JobState] | None = None,
+        queue: str | None = None,
+        method: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Jobs in creation order, optionally only those in ``state``."""
         limit_value = -1 if limit is None else int(limit)
@@ -446,6 +455,46 @@ class SQLiteStorage:
         """
         self._check_open()
         await self._wakeup.wait()
+
+    # -- job control (not implemented yet on this backend) -----------------
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        raise NotImplementedError("counts")
+
+    async def abort(self, job_id: str, reason: str, now: datetime) -> AbortOutcome:
+        raise NotImplementedError("abort")
+
+    async def aborts_requested(self, server_name: str) -> list[tuple[str, str]]:
+        raise NotImplementedError("aborts_requested")
+
+    async def wait_for_abort(self) -> None:
+        raise NotImplementedError("wait_for_abort")
+
+    async def wait_for_finish(self) -> None:
+        raise NotImplementedError("wait_for_finish")
+
+    async def retry(self, job_id: str, now: datetime) -> bool:
+        raise NotImplementedError("retry")
+
+    async def delete(self, job_id: str, now: datetime) -> bool:
+        raise NotImplementedError("delete")
+
+    async def set_progress(self, job_id: str, progress: Progress) -> bool:
+        raise NotImplementedError("set_progress")
+
+    async def pause_queue(self, name: str) -> None:
+        raise NotImplementedError("pause_queue")
+
+    async def resume_queue(self, name: str) -> None:
+        raise NotImplementedError("resume_queue")
+
+    async def set_queue_limits(
+        self, name: str, max_running: int | None, rate: tuple[int, float] | None
+    ) -> None:
+        raise NotImplementedError("set_queue_limits")
+
+    async def list_queues(self) -> list[QueueInfo]:
+        raise NotImplementedError("list_queues")
 
     # -- servers ---------------------------------------------------------
 
