@@ -7,6 +7,7 @@ tests.
 """
 
 from .._public import document_as_public
+from ._client import Client
 from ._model import (
     Aborted,
     AwaitingRetry,
@@ -40,6 +41,7 @@ from ._workers import WorkerContext, WorkerRegistry
 __all__ = [
     "Aborted",
     "AwaitingRetry",
+    "Client",
     "Deleted",
     "Enqueued",
     "Failed",

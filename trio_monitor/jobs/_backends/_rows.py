@@ -23,11 +23,12 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple, TypeVar
 
 from ..._validate import check_str
 from .._model import (
+    LIVE_STATE_NAMES,
     Aborted,
     AwaitingRetry,
     Deleted,
@@ -37,6 +38,7 @@ from .._model import (
     JobState,
     Processing,
     Progress,
+    QueueInfo,
     RecurringJob,
     Scheduled,
     ServerInfo,
@@ -53,6 +55,14 @@ from .._storage import NextRun
 
 __all__ = [
     "JOB_COLUMNS",
+    "LIVE_SQL",
+    "QUEUE_COLUMNS",
+    "Admission",
+    "QueueRow",
+    "aborted_requeue_columns",
+    "default_queue",
+    "queue_infos",
+    "rate_window_start",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "RECURRING_COLUMNS",
@@ -197,6 +207,7 @@ class JobRow(NamedTuple):
     unique_key: str | None
     lock_key: str | None
     progress: str | None
+    abort_reason: str | None
 
 
 #: The columns of :class:`JobRow`, in order, for SELECT lists.
@@ -266,6 +277,7 @@ class InsertRow(NamedTuple):
     unique_key: str | None
     lock_key: str | None
     progress: str | None
+    abort_reason: str | None
 
     def job_row(self) -> JobRow:
         """The columns of this row that :func:`job_from_row` reads."""
@@ -286,6 +298,7 @@ class InsertRow(NamedTuple):
             self.unique_key,
             self.lock_key,
             self.progress,
+            self.abort_reason,
         )
 
 
@@ -319,6 +332,7 @@ def insert_row(job: Job, stamp: Callable[[datetime], Any]) -> InsertRow:
         unique_key=check_key("unique_key", job.unique_key),
         lock_key=check_key("lock", job.lock),
         progress=progress_json(job.progress),
+        abort_reason=None,
     )
 
 
@@ -333,6 +347,9 @@ def state_update(
         "due_at": None if columns.due_at is None else stamp(columns.due_at),
         "started_at": None if columns.started_at is None else stamp(columns.started_at),
         "server_name": columns.server_name,
+        # Every change of state ends a requested abort (it was carried out,
+        # or the job is no longer running).
+        "abort_reason": None,
     }, stored
 
 
@@ -344,6 +361,20 @@ def requeue_columns(now: datetime, stamp: Callable[[datetime], Any]) -> dict[str
     never delete a job that waits to run. Attempts and everything else stay.
     """
     columns, _ = state_update(Enqueued(utc(now)), stamp)
+    return {**columns, "expires_at": None}
+
+
+def aborted_requeue_columns(
+    reason: str, now: datetime, stamp: Callable[[datetime], Any]
+) -> dict[str, Any]:
+    """What a requeue writes instead for a job whose abort was requested: it ends Aborted.
+
+    A job is requeued when its server stopped, died or lost its claim; if
+    someone asked to abort it meanwhile, running it again would break the
+    promise that an aborted job does not run to completion: it becomes
+    ``Aborted(reason, now)``.
+    """
+    columns, _ = state_update(Aborted(reason, utc(now)), stamp)
     return {**columns, "expires_at": None}
 
 
@@ -481,3 +512,103 @@ def occurrence(template: RecurringRow, now: datetime) -> Job:
         created_at=now,
         state=Enqueued(now),
     )
+
+
+# -- queues and flow control -----------------------------------------------
+
+#: State names of live jobs (hold their ``unique_key``), as an SQL list.
+LIVE_SQL: Final = ", ".join(f"'{name}'" for name in LIVE_STATE_NAMES)
+
+
+class QueueRow(NamedTuple):
+    """A queue's stored settings (:data:`QUEUE_COLUMNS`)."""
+
+    name: str
+    paused: bool
+    max_running: int | None
+    rate_count: int | None
+    rate_seconds: float | None
+
+    @property
+    def limits_claims(self) -> bool:
+        """Whether a claim from this queue must look at the settings at all."""
+        return bool(self.paused) or self.max_running is not None or self.rate_count is not None
+
+    def info(self, counts: dict[str, int]) -> QueueInfo:
+        """The :class:`QueueInfo` of this queue with its job ``counts``."""
+        rate = None
+        if self.rate_count is not None and self.rate_seconds is not None:
+            rate = (self.rate_count, self.rate_seconds)
+        return QueueInfo(self.name, bool(self.paused), self.max_running, rate, counts)
+
+
+QUEUE_COLUMNS: Final = ", ".join(QueueRow._fields)
+
+
+def default_queue(name: str) -> QueueRow:
+    """The settings of a queue nobody configured: running, no limits."""
+    return QueueRow(name, False, None, None, None)
+
+
+def queue_infos(
+    settings: Iterable[QueueRow], counts: dict[tuple[str, str], int]
+) -> list[QueueInfo]:
+    """Every queue with settings or jobs, by name (what ``list_queues`` returns)."""
+    rows = {row.name: row for row in settings}
+    per_queue: dict[str, dict[str, int]] = {}
+    for (queue, state), n in counts.items():
+        per_queue.setdefault(queue, {})[state] = n
+    names = sorted(set(rows) | set(per_queue))
+    return [rows.get(name, default_queue(name)).info(per_queue.get(name, {})) for name in names]
+
+
+class Admission:
+    """Which claimable jobs a claim may start, in claim order: the flow-control rules.
+
+    Built, inside the claim's transaction, from the settings of the queues
+    concerned, how many of their jobs are Processing, how many started in
+    each rate window, and which locks Processing jobs hold. :meth:`admit`
+    is then asked about each candidate in priority-then-age order; a job
+    refused keeps its place for the next claim.
+    """
+
+    __slots__ = ("_held", "_running", "_settings", "_started")
+
+    def __init__(
+        self,
+        settings: dict[str, QueueRow],
+        running: dict[str, int],
+        started: dict[str, int],
+        held_locks: set[str],
+    ) -> None:
+        self._settings = settings
+        self._running = dict(running)
+        self._started = dict(started)
+        self._held = set(held_locks)
+
+    def admit(self, queue: str, lock_key: str | None) -> bool:
+        """Whether a job of ``queue`` holding ``lock_key`` may start; if so, count it."""
+        if lock_key is not None and lock_key in self._held:
+            return False
+        settings = self._settings.get(queue)
+        if settings is not None:
+            if settings.paused:
+                return False
+            running = self._running.get(queue, 0)
+            if settings.max_running is not None and running >= settings.max_running:
+                return False
+            started = self._started.get(queue, 0)
+            if settings.rate_count is not None and started >= settings.rate_count:
+                return False
+            self._running[queue] = running + 1
+            self._started[queue] = started + 1
+        if lock_key is not None:
+            self._held.add(lock_key)
+        return True
+
+
+def rate_window_start(settings: QueueRow, now: datetime) -> datetime | None:
+    """The start (exclusive) of the rate window ending at ``now``, or None without a rate."""
+    if settings.rate_seconds is None or settings.rate_count is None:
+        return None
+    return utc(now) - timedelta(seconds=settings.rate_seconds)
