@@ -32,6 +32,8 @@ from .._model import (
 )
 from .._storage import AbortOutcome, NextRun, SchemaStatus
 from ._rows import (
+    QUEUED,
+    TERMINAL,
     Admission,
     InsertRow,
     QueueRow,
@@ -56,9 +58,6 @@ from ._rows import (
     utc,
 )
 from ._wakeup import WakeUp
-
-_QUEUED = ("enqueued", "scheduled", "awaiting_retry")
-_TERMINAL = ("succeeded", "failed", "aborted", "deleted")
 
 __all__ = ["MemoryStorage", "open", "schema_status"]
 
@@ -138,7 +137,7 @@ class MemoryStorage:
             stored.append(row)
         if any(row.state == "enqueued" for row in stored):
             self._wakeup.notify()
-        if any(row.state in _TERMINAL for row in stored):
+        if any(row.state in TERMINAL for row in stored):
             self._finished.notify()
         return ids
 
@@ -243,7 +242,7 @@ class MemoryStorage:
                 columns = {**columns, "attempts": row.attempts}
             new = self._jobs[row.id] = row._replace(**columns, version=row.version + 1)
             wake = wake or new.state == "enqueued"
-            finished = finished or new.state in _TERMINAL
+            finished = finished or new.state in TERMINAL
             results.append(job_from_row(new.job_row(), identity, state))
         if wake:
             self._wakeup.notify()
@@ -321,7 +320,7 @@ class MemoryStorage:
         row = self._jobs.get(job_id)
         if row is None:
             return "missing"
-        if row.state in _QUEUED:
+        if row.state in QUEUED:
             columns, _ = state_update(Aborted(reason, utc(now)), identity)
             self._jobs[job_id] = row._replace(**columns, version=row.version + 1)
             self._finished.notify()

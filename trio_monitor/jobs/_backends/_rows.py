@@ -56,6 +56,8 @@ from .._storage import NextRun
 __all__ = [
     "JOB_COLUMNS",
     "LIVE_SQL",
+    "QUEUED",
+    "TERMINAL",
     "QUEUE_COLUMNS",
     "Admission",
     "QueueRow",
@@ -515,6 +517,11 @@ def occurrence(template: RecurringRow, now: datetime) -> Job:
 
 
 # -- queues and flow control -----------------------------------------------
+
+#: States an abort ends at once (the job has not started).
+QUEUED: Final = ("enqueued", "scheduled", "awaiting_retry")
+#: Terminal states (what ``Client.wait`` waits for).
+TERMINAL: Final = ("succeeded", "failed", "aborted", "deleted")
 
 #: State names of live jobs (hold their ``unique_key``), as an SQL list.
 LIVE_SQL: Final = ", ".join(f"'{name}'" for name in LIVE_STATE_NAMES)

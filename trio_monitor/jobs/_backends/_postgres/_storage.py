@@ -135,6 +135,7 @@ _TYPES: Final[dict[str, str]] = {
     "unique_key": "text",
     "lock_key": "text",
     "progress": "text",
+    "abort_reason": "text",
     "expected": "bigint",
     "n": "int",
 }
