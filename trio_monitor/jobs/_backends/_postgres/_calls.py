@@ -238,7 +238,8 @@ class Listener:
     listens to them all). A callback runs in the Trio thread, once per burst
     of notifications on its channel, and once after every reconnection.
     Create it inside the Trio run; call :meth:`start`, then
-    :meth:`wait_ready`, and at the end :meth:`aclose` (which needs a way to send one NOTIFY: ``notify(channel)``, blocking).
+    :meth:`wait_ready`, and at the end :meth:`aclose` (which needs a way
+    to send one NOTIFY: ``notify(channel)``, blocking).
     """
 
     def __init__(

@@ -440,7 +440,7 @@ class PostgresStorage:
             # those rows are tried again.
             result = list(ids)
             states: set[str] = set()
-            pending = list(range(len(rows)))
+            pending: list[int] = list(range(len(rows)))
             with conn.transaction():
                 for _ in range(10):
                     stored = {row[0] for row in insert(conn, [rows[i] for i in pending])}
