@@ -670,6 +670,42 @@ async def test_heartbeat_reclaims_a_dead_servers_job(storage: jobs.Storage) -> N
     assert [j.payload for j in seen] == ["orphan"]
 
 
+async def test_a_dead_server_with_more_jobs_than_a_listing_page_has_all_reclaimed(
+    storage: jobs.Storage,
+) -> None:
+    # The liveness sweep lists Processing jobs unpaged: a client listing
+    # pages by 100, and a sweep that saw only one page would leave the rest
+    # of a dead server's jobs in Processing.
+    now = datetime.now(UTC)
+    await storage.register_server(
+        jobs.ServerInfo(
+            id="dead#1",
+            name="dead",
+            worker_count=250,
+            queues=["default"],
+            started_at=now - timedelta(hours=2),
+            last_heartbeat=now - timedelta(hours=1),
+        )
+    )
+    orphans: list[jobs.Job] = []
+    for index in range(250):
+        orphan = jobs.Job.new("echo", index)
+        # Claimed long ago by a long-silent server: the start-up sweep takes them.
+        orphan.state = jobs.Processing(now - timedelta(hours=1), f"dead:worker:{index}", "dead#1")
+        orphan.attempts = 1
+        orphans.append(orphan)
+    await storage.enqueue_many(orphans)
+    assert len(await jobs.Client(storage).list_jobs(state=jobs.Processing)) == 100  # one page
+    server = make_server(storage, jobs.WorkerRegistry(), worker_count=0, dead_server_timeout=5.0)
+    async with running(server):
+        pass  # the start-up sweep is done once run() has started
+    left = await storage.list_jobs(state=jobs.Processing)
+    assert left == []
+    requeued = await storage.list_jobs(state=jobs.Enqueued)
+    assert {job.id for job in requeued} == {job.id for job in orphans}
+    assert {job.attempts for job in requeued} == {1}  # the attempt they used stays counted
+
+
 async def test_heartbeat_registers_again_when_its_row_is_gone(
     memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock
 ) -> None:

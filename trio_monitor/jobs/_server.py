@@ -962,7 +962,10 @@ class _ServerRun:
                 await self.storage.register_server(self._server_info(stamp))
         servers = await self.storage.list_servers()
         claims = self._claims
-        processing = await self.storage.list_jobs(state=Processing)
+        # Every Processing job, unpaged (limit None): a page would leave the
+        # stranded jobs past it in Processing until a later sweep, for ever
+        # if more than a page of them keep coming.
+        processing = await self.storage.list_jobs(state=Processing, limit=None)
         verdict = self.liveness.judge(
             servers,
             processing,
