@@ -453,7 +453,7 @@ async def test_bad_enqueue_input(storage: jobs.Storage) -> None:
         await server.enqueue("echo", {1, 2})
     assert not any((await storage.count_by_state()).values())
     assert await storage.list_jobs() == []
-    with pytest.raises(ValueError, match="either delay or run_at"):
+    with pytest.raises(ValueError, match="delay or run_at, not both"):
         await server.enqueue("echo", None, delay=1.0, run_at=datetime.now(UTC))
     with pytest.raises(ValueError, match="delay"):
         await server.enqueue("echo", None, delay=-1.0)

@@ -37,7 +37,7 @@ from ._storage import (
     migrate,
     open_storage,
 )
-from ._workers import WorkerContext, WorkerRegistry
+from ._workers import Retry, WorkerContext, WorkerRegistry
 
 __all__ = [
     "Aborted",
@@ -53,6 +53,7 @@ __all__ = [
     "Progress",
     "QueueInfo",
     "RecurringJob",
+    "Retry",
     "RetryPolicy",
     "Scheduled",
     "SchemaStatus",
