@@ -29,6 +29,7 @@ from ._model import (
 from ._processor import RetryPolicy
 from ._server import JobServer, ServerConfig, ServerError
 from ._storage import (
+    AbortOutcome,
     SchemaStatus,
     SchemaVersionError,
     Storage,
@@ -39,6 +40,7 @@ from ._storage import (
 from ._workers import WorkerContext, WorkerRegistry
 
 __all__ = [
+    "AbortOutcome",
     "Aborted",
     "AwaitingRetry",
     "Client",
