@@ -107,11 +107,26 @@ def count_trips(storage: Any) -> None:
     storage.claim, storage.apply = counted_claim, counted_apply
 
 
-async def server_round(path: Path, n: int, workers: int | None, batch: int | None) -> float:
+#: Job-control rows (SPEC §6): label -> feature, run with 8 workers, batch 32.
+FEATURE_SETTINGS: list[tuple[str, str]] = [
+    ("JobServer, 8 workers, batch 32, a lock on every job (100 keys)", "lock"),
+    ("JobServer, 8 workers, batch 32, queue max_running=4", "max_running"),
+]
+
+
+async def server_round(
+    path: Path, n: int, workers: int | None, batch: int | None, feature: str = ""
+) -> float:
     async with jobs.open_storage(f"sqlite:///{path}") as storage:  # path is absolute
+        if feature == "max_running":
+            await jobs.Client(storage).set_queue_limits("default", max_running=4)
+        locked = feature == "lock"
         for first in range(0, n, 1000):
             await storage.enqueue_many(
-                [jobs.Job.new("noop", {"n": i}) for i in range(first, min(n, first + 1000))]
+                [
+                    jobs.Job.new("noop", {"n": i}, **({"lock": f"k{i % 100}"} if locked else {}))
+                    for i in range(first, min(n, first + 1000))
+                ]
             )
         count_trips(storage)
         all_done = trio.Event()
@@ -228,6 +243,11 @@ def main() -> None:
         systems.append(
             (label, lambda p, w=workers, b=batch: trio.run(server_round, p, n, w, b))  # type: ignore[misc]
         )
+    if hasattr(jobs, "Client"):  # the job-control rows need SPEC §6
+        for label, feature in FEATURE_SETTINGS:
+            systems.append(
+                (label, lambda p, f=feature: trio.run(server_round, p, n, 8, 32, f))  # type: ignore[misc]
+            )
     if importlib.util.find_spec("huey") is not None:
         systems.append(
             (f"huey, {HUEY_WORKERS} threads (its defaults)", lambda p: huey_round(p, n, None))

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import trio
@@ -528,3 +529,17 @@ async def test_a_ttl_of_none_keeps_finished_jobs_for_ever(
         job = await memory_storage.get(kept)
         assert job is not None
         assert job.expires_at is None
+
+
+async def test_schedule_recurring_in_a_time_zone(storage: jobs.Storage) -> None:
+    server = make_server(storage, jobs.WorkerRegistry())
+    await server.schedule_recurring(
+        "nightly", "0 30 2 * * *", "cleanup", None, timezone="Europe/Paris"
+    )
+    (template,) = await server.client.recurring()
+    assert template.timezone == "Europe/Paris"
+    local = template.next_run_at.astimezone(ZoneInfo("Europe/Paris"))
+    assert (local.hour, local.minute) in {(2, 30), (3, 30)}  # 03:30 only on a spring change
+    with pytest.raises(ValueError, match="unknown time zone"):
+        await server.schedule_recurring("x", "0 * * * * *", "m", None, timezone="Nowhere/Land")
+    assert [r.id for r in await server.client.recurring()] == ["nightly"]

@@ -30,6 +30,7 @@ from ._model import (
 from ._processor import RetryPolicy
 from ._server import JobServer, ServerConfig, ServerError
 from ._storage import (
+    AbortOutcome,
     SchemaStatus,
     SchemaVersionError,
     Storage,
@@ -40,6 +41,7 @@ from ._storage import (
 from ._workers import Retry, WorkerContext, WorkerRegistry
 
 __all__ = [
+    "AbortOutcome",
     "Aborted",
     "AwaitingRetry",
     "Client",

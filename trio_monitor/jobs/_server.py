@@ -398,6 +398,13 @@ class JobServer:
             or too long delay (more than about 95 years), a naive
             ``run_at``, or an empty method or queue name.
         """
+        # ``server.enqueue`` is ``server.client.enqueue``; the server only
+        # tells its scheduler about a due time it will have to act on.
+        due = None
+        if delay is not None and isinstance(delay, int | float) and delay >= 0:
+            due = self.now() + timedelta(seconds=min(float(delay), MAX_SECONDS))
+        elif isinstance(run_at, datetime):
+            due = run_at
         job_id = await self.client.enqueue(
             method,
             payload,
@@ -410,11 +417,8 @@ class JobServer:
             timeout=timeout,
             headers=headers,
         )
-        if self._run is not None:
-            if delay is not None and delay > 0:
-                self._run.note_due(self.now() + timedelta(seconds=delay))
-            elif run_at is not None:
-                self._run.note_due(run_at)
+        if due is not None and self._run is not None:
+            self._run.note_due(due)
         return job_id
 
     async def delete(self, job_id: str) -> bool:
