@@ -543,3 +543,28 @@ async def test_schedule_recurring_in_a_time_zone(storage: jobs.Storage) -> None:
     with pytest.raises(ValueError, match="unknown time zone"):
         await server.schedule_recurring("x", "0 * * * * *", "m", None, timezone="Nowhere/Land")
     assert [r.id for r in await server.client.recurring()] == ["nightly"]
+
+
+async def test_an_abort_not_yet_heard_beats_the_stop(
+    memory_storage: jobs.Storage, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Stopping past shutdown_timeout requeues running jobs; one whose abort
+    # was requested (and not heard yet: no push, a long poll) ends Aborted.
+    workers, started = blocking_workers()
+    recorder = Recorder()
+    server = make_server(
+        memory_storage, workers, recorder, polling_interval=1000.0, shutdown_timeout=1.0
+    )
+
+    async def never() -> None:
+        await trio.sleep_forever()
+
+    memory_storage.wait_for_abort = never  # type: ignore[method-assign]
+    async with running(server):
+        job_id = await server.enqueue("block", None)
+        await wait_started(started, job_id)
+        assert await memory_storage.abort(job_id, "late", server.now()) == "requested"
+    job = await memory_storage.get(job_id)
+    assert job is not None
+    assert job.state == jobs.Aborted("late")
+    assert ("processing", "enqueued") not in recorder.kinds(job_id)

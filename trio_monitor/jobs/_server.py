@@ -839,6 +839,16 @@ class _ServerRun:
         # claim got, and closes the mailboxes; workers then finish and exit.
         with trio.move_on_after(self.config.shutdown_timeout):
             await self._wait_all(self.worker_tasks)
+        if self.processor.running:
+            # Requeueing a job whose abort was requested but not yet heard
+            # would run it again: look once more, so the abort beats the stop.
+            with trio.move_on_after(SHIELDED_CALL_TIMEOUT):
+                try:
+                    self.processor.abort(await self.storage.aborts_requested(self.identity))
+                except Exception:
+                    logger.exception(
+                        "job server %r: could not read requested aborts", self.identity
+                    )
         stopped = self.processor.stop_all(StopReason.SHUTDOWN)
         if stopped:
             logger.warning(
