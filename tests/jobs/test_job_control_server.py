@@ -178,8 +178,11 @@ def test_aborted_jobs_never_end_succeeded_or_failed_memory(
         storage = MemoryStorage()
         workers = jobs.WorkerRegistry()
 
+        ends: dict[str, float] = {}
+
         @workers.worker("work")
         async def work(job: jobs.Job, ctx: jobs.WorkerContext) -> object:
+            ends[job.id] = trio.current_time() + job.payload
             await trio.sleep(job.payload)
             return "done"
 
@@ -198,14 +201,13 @@ def test_aborted_jobs_never_end_succeeded_or_failed_memory(
         outcomes: dict[str, tuple[str, float]] = {}
         async with running(server):
             ids = [await server.enqueue("work", d + 0.5) for d in durations]
-            start = trio.current_time()
             async with trio.open_nursery() as nursery:
                 for job_id, at in zip(ids, abort_at, strict=False):
 
                     async def abort(job_id: str = job_id, at: int = at) -> None:
                         await trio.sleep(at)
                         outcome = await storage.abort(job_id, "p", server.now())
-                        outcomes[job_id] = (outcome, trio.current_time() - start)
+                        outcomes[job_id] = (outcome, trio.current_time())
 
                     nursery.start_soon(abort)
             for job_id in ids:
@@ -221,8 +223,14 @@ def test_aborted_jobs_never_end_succeeded_or_failed_memory(
                 assert job.state == jobs.Aborted("p")
                 assert job.attempts == 0
             elif outcome == "requested":
-                # It was running and still had at least half a second to go.
-                assert job.state == jobs.Aborted("p"), (duration, job.state)
+                # It was running. Aborted at once if it had time left; an
+                # abort at the very instant it returns may lose the race
+                # (the documented one): then it succeeded.
+                aborted_at = outcomes[job_id][1]
+                if aborted_at < ends[job_id]:
+                    assert job.state == jobs.Aborted("p"), (duration, job.state)
+                else:
+                    assert isinstance(job.state, jobs.Aborted | jobs.Succeeded)
             else:
                 assert outcome == "finished"
                 assert isinstance(job.state, jobs.Succeeded)
