@@ -32,6 +32,7 @@ from trio_monitor.jobs import (
 )
 from trio_monitor.jobs._backends._sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStorage
 from trio_monitor.jobs._backends._sqlite._schema import connect
+from trio_monitor.jobs._backends._sqlite._storage import _list_sql
 from trio_monitor.jobs._model import decode_state, encode_state, utcnow
 
 
@@ -494,3 +495,28 @@ async def test_apply_chains_within_a_batch_and_handles_big_batches(tmp_path: Pat
         assert stored.state == Failed("chained")
         assert (stored.attempts, stored.version) == (7, head.version + 2)
         assert (await storage.count_by_state())["succeeded"] == len(jobs) - 1
+
+
+@pytest.mark.parametrize("before", [None, "some-id"])
+@pytest.mark.parametrize(
+    ("state", "queue", "method"),
+    [
+        (None, None, None),
+        (Failed, None, None),
+        (None, "q", None),
+        (Failed, "q", None),
+        (None, None, "m"),
+        (None, "q", "m"),
+    ],
+)
+def test_list_jobs_pages_walk_an_index_without_sorting(
+    state: type[Failed] | None, queue: str | None, method: str | None, before: str | None
+) -> None:
+    # A page must cost the same at the millionth job: no sort of all matches.
+    conn = sqlite3.connect(":memory:")
+    for step in MIGRATIONS:
+        for statement in step:
+            conn.execute(statement)
+    sql, params = _list_sql(state, queue, method, 100, before, True)
+    plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "TEMP B-TREE" not in plan

@@ -109,7 +109,7 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE lock_key IS NOT NULL AND state = 'processing';
     CREATE INDEX {JOBS}_seq ON {JOBS} (seq);
     CREATE INDEX {JOBS}_state ON {JOBS} (state, seq);
-    CREATE INDEX {JOBS}_queue ON {JOBS} (queue, state, seq);
+    CREATE INDEX {JOBS}_queue ON {JOBS} (queue, seq);
     CREATE INDEX {JOBS}_method ON {JOBS} (method, seq);
     CREATE TABLE {QUEUES} (
         name         text PRIMARY KEY,

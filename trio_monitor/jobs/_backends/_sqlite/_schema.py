@@ -107,9 +107,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # The locks held now (one Processing job each).
         "CREATE INDEX jobs_lock_held ON jobs (lock_key)"
         " WHERE lock_key IS NOT NULL AND state = 'processing'",
-        # Listing newest first by queue or method (keyset paging on seq),
-        # and counts per (queue, state).
-        "CREATE INDEX jobs_queue ON jobs (queue, state, seq)",
+        # Listing newest first by queue or method (keyset paging on seq).
+        "CREATE INDEX jobs_queue ON jobs (queue, seq)",
         "CREATE INDEX jobs_method ON jobs (method, seq)",
         """
         CREATE TABLE queues (

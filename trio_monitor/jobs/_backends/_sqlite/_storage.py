@@ -952,7 +952,7 @@ def _counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
     return {
         (queue, state): n
         for queue, state, n in conn.execute(
-            "SELECT queue, state, count(*) FROM jobs INDEXED BY jobs_queue GROUP BY queue, state"
+            "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state"
         )
     }
 
@@ -1037,8 +1037,6 @@ def _list_sql(
         else None
     )
     indexed = f" INDEXED BY {index}" if index else ""
-    if queue is not None and state is None:
-        indexed = ""  # (queue, state, seq) would sort; let the planner choose
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     order = "DESC" if newest_first else ""
     params.append(-1 if limit is None else int(limit))
