@@ -115,11 +115,26 @@ def count_trips(storage: Any) -> None:
     storage.claim, storage.apply = counted_claim, counted_apply
 
 
-async def server_round(path: Path, n: int, workers: int | None, batch: int | None) -> float:
+#: Job-control rows (SPEC §6): label -> feature, run with 8 workers, batch 32.
+FEATURE_SETTINGS: list[tuple[str, str]] = [
+    ("JobServer, 8 workers, batch 32, a lock on every job (100 keys)", "lock"),
+    ("JobServer, 8 workers, batch 32, queue max_running=4", "max_running"),
+]
+
+
+async def server_round(
+    path: Path, n: int, workers: int | None, batch: int | None, feature: str = ""
+) -> float:
     async with jobs.open_storage(f"sqlite:///{path}") as storage:  # path is absolute
+        if feature == "max_running":
+            await jobs.Client(storage).set_queue_limits("default", max_running=4)
+        locked = feature == "lock"
         for first in range(0, n, 1000):
             await storage.enqueue_many(
-                [jobs.Job.new("noop", {"n": i}) for i in range(first, min(n, first + 1000))]
+                [
+                    jobs.Job.new("noop", {"n": i}, **({"lock": f"k{i % 100}"} if locked else {}))
+                    for i in range(first, min(n, first + 1000))
+                ]
             )
         count_trips(storage)
         all_done = trio.Event()
@@ -244,6 +259,8 @@ def main() -> None:
         }
         for label, workers, batch in SERVER_SETTINGS[:2] if args.quick else SERVER_SETTINGS:
             systems[label] = lambda w=workers, b=batch: trio.run(server_round, fresh(), n, w, b)
+        for label, feature in FEATURE_SETTINGS:  # the job-control rows (SPEC §6)
+            systems[label] = lambda f=feature: trio.run(server_round, fresh(), n, 8, 32, f)
         with_huey = importlib.util.find_spec("huey") is not None
         if with_huey:
             systems[MATCHED_HUEY] = lambda: huey_round(fresh(), n, HUEY_WORKERS, "NORMAL")

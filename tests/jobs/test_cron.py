@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+import itertools
+from datetime import UTC, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_monitor.jobs._cron import next_run, validate_cron
+from trio_monitor.jobs._cron import check_timezone, next_run, validate_cron
 
 START = datetime(2024, 1, 1, 0, 0, 0, tzinfo=UTC)  # a Monday
 
@@ -95,3 +97,88 @@ def test_next_run_matches_and_is_the_first(
         second,
         0,
     )
+
+
+# -- time zones and daylight-saving changes -------------------------------------
+
+PARIS = "Europe/Paris"
+SPRING = datetime(2026, 3, 28, 22, tzinfo=UTC)  # the night of 29 March: 02:00 -> 03:00
+AUTUMN = datetime(2026, 10, 24, 22, tzinfo=UTC)  # the night of 25 October: 03:00 -> 02:00
+
+
+def occurrences(cron: str, start: datetime, hours: float, zone: str = PARIS) -> list[datetime]:
+    found: list[datetime] = []
+    when = start
+    while True:
+        when = next_run(cron, when, zone)
+        if when > start + timedelta(hours=hours):
+            return found
+        found.append(when)
+
+
+def utc_times(*texts: str) -> list[datetime]:
+    return [datetime.fromisoformat(text).replace(tzinfo=UTC) for text in texts]
+
+
+def test_a_wall_time_skipped_in_spring_runs_once_shifted_forward() -> None:
+    assert occurrences("0 30 2 * * *", SPRING, 30) == utc_times(
+        "2026-03-29T01:30",  # 02:30 does not exist: 03:30 CEST
+        "2026-03-30T00:30",  # 02:30 CEST
+    )
+    assert occurrences("0 0,30 1-3 * * *", SPRING, 6) == utc_times(
+        "2026-03-29T00:00",  # 01:00 CET
+        "2026-03-29T00:30",
+        "2026-03-29T01:00",  # 02:00 (skipped) and 03:00 CEST: one instant, once
+        "2026-03-29T01:30",  # 02:30 (skipped) and 03:30 CEST
+    )
+
+
+def test_a_wall_time_repeated_in_autumn_runs_once() -> None:
+    assert occurrences("0 30 2 * * *", AUTUMN, 30) == utc_times(
+        "2026-10-25T00:30",  # 02:30 CEST; the repeated 02:30 CET does not run again
+        "2026-10-26T01:30",
+    )
+    assert occurrences("0 0 * * * *", AUTUMN, 5) == utc_times(
+        "2026-10-24T23:00",
+        "2026-10-25T00:00",  # 02:00 CEST
+        "2026-10-25T02:00",  # 03:00 CET (02:00 CET is the same wall time again)
+        "2026-10-25T03:00",
+    )
+
+
+def test_an_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown time zone"):
+        check_timezone("Mars/Olympus_Mons")
+    with pytest.raises(TypeError, match="timezone"):
+        check_timezone(1)
+    with pytest.raises(ValueError, match="unknown time zone"):
+        next_run("0 * * * * *", SPRING, "Nowhere/Land")
+    assert check_timezone("UTC") == "UTC"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    minutes=st.sets(st.integers(0, 59), min_size=1, max_size=4),
+    hours=st.sets(st.integers(0, 23), min_size=1, max_size=6),
+    start=st.sampled_from([SPRING, AUTUMN]),
+    zone=st.sampled_from([PARIS, "America/New_York", "Australia/Lord_Howe"]),
+)
+def test_each_wall_time_runs_exactly_once_across_a_change(
+    minutes: set[int], hours: set[int], start: datetime, zone: str
+) -> None:
+    """Property: the occurrences are strictly increasing, and they are exactly
+    the instants the named wall times map to (first of a repeated time, a
+    skipped time shifted forward), each once."""
+    cron = f"0 {','.join(map(str, sorted(minutes)))} {','.join(map(str, sorted(hours)))} * * *"
+    tz = ZoneInfo(zone)
+    found = occurrences(cron, start - timedelta(days=1), 24 * 9, zone)
+    assert all(a < b for a, b in itertools.pairwise(found))
+    expected: set[datetime] = set()
+    local_day = (start - timedelta(days=1)).astimezone(tz).date()
+    for day in range(11):
+        for hour in hours:
+            for minute in minutes:
+                wall = datetime.combine(local_day + timedelta(days=day), time(hour, minute))
+                expected.add(wall.replace(tzinfo=tz, fold=0).astimezone(UTC))
+    low, high = start - timedelta(days=1), start - timedelta(days=1) + timedelta(hours=24 * 9)
+    assert set(found) == {when for when in expected if low < when <= high}

@@ -453,7 +453,7 @@ async def test_bad_enqueue_input(storage: jobs.Storage) -> None:
         await server.enqueue("echo", {1, 2})
     assert not any((await storage.count_by_state()).values())
     assert await storage.list_jobs() == []
-    with pytest.raises(ValueError, match="either delay or run_at"):
+    with pytest.raises(ValueError, match="delay or run_at, not both"):
         await server.enqueue("echo", None, delay=1.0, run_at=datetime.now(UTC))
     with pytest.raises(ValueError, match="delay"):
         await server.enqueue("echo", None, delay=-1.0)
@@ -657,6 +657,11 @@ async def test_heartbeat_reclaims_a_dead_servers_job(storage: jobs.Storage) -> N
         assert identity is not None
         assert identity.startswith("test#")
         await recorder.wait_state(orphan.id, jobs.Succeeded)
+        # The dead row goes right after its jobs are reclaimed, in the same
+        # sweep, which may still be finishing while the job already ran.
+        with trio.move_on_after(5):
+            while {info.id for info in await storage.list_servers()} != {identity}:  # noqa: ASYNC110
+                await trio.sleep(0.01)
         servers = {info.id for info in await storage.list_servers()}
         assert servers == {identity}  # registered; the dead row is gone
     assert await storage.list_servers() == []  # deregistered on stop
@@ -668,6 +673,42 @@ async def test_heartbeat_reclaims_a_dead_servers_job(storage: jobs.Storage) -> N
     assert isinstance(claim.new, jobs.Processing)
     assert claim.new.server_name == identity
     assert [j.payload for j in seen] == ["orphan"]
+
+
+async def test_a_dead_server_with_more_jobs_than_a_listing_page_has_all_reclaimed(
+    storage: jobs.Storage,
+) -> None:
+    # The liveness sweep lists Processing jobs unpaged: a client listing
+    # pages by 100, and a sweep that saw only one page would leave the rest
+    # of a dead server's jobs in Processing.
+    now = datetime.now(UTC)
+    await storage.register_server(
+        jobs.ServerInfo(
+            id="dead#1",
+            name="dead",
+            worker_count=250,
+            queues=["default"],
+            started_at=now - timedelta(hours=2),
+            last_heartbeat=now - timedelta(hours=1),
+        )
+    )
+    orphans: list[jobs.Job] = []
+    for index in range(250):
+        orphan = jobs.Job.new("echo", index)
+        # Claimed long ago by a long-silent server: the start-up sweep takes them.
+        orphan.state = jobs.Processing(now - timedelta(hours=1), f"dead:worker:{index}", "dead#1")
+        orphan.attempts = 1
+        orphans.append(orphan)
+    await storage.enqueue_many(orphans)
+    assert len(await jobs.Client(storage).list_jobs(state=jobs.Processing)) == 100  # one page
+    server = make_server(storage, jobs.WorkerRegistry(), worker_count=0, dead_server_timeout=5.0)
+    async with running(server):
+        pass  # the start-up sweep is done once run() has started
+    left = await storage.list_jobs(state=jobs.Processing)
+    assert left == []
+    requeued = await storage.list_jobs(state=jobs.Enqueued)
+    assert {job.id for job in requeued} == {job.id for job in orphans}
+    assert {job.attempts for job in requeued} == {1}  # the attempt they used stays counted
 
 
 async def test_heartbeat_registers_again_when_its_row_is_gone(

@@ -32,6 +32,7 @@ from trio_monitor.jobs import (
 )
 from trio_monitor.jobs._backends._sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStorage
 from trio_monitor.jobs._backends._sqlite._schema import connect
+from trio_monitor.jobs._backends._sqlite._storage import _list_sql
 from trio_monitor.jobs._model import decode_state, encode_state, utcnow
 
 
@@ -149,8 +150,9 @@ async def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> Non
 
 def test_claim_queries_use_their_indexes() -> None:
     conn = sqlite3.connect(":memory:")
-    for statement in MIGRATIONS[0]:
-        conn.execute(statement)
+    for step in MIGRATIONS:
+        for statement in step:
+            conn.execute(statement)
     for queue_count, index in (
         (0, "jobs_claim_any"),
         (1, "jobs_claim_queue"),
@@ -458,7 +460,7 @@ async def test_stored_state_json_is_encode_states(tmp_path: Path) -> None:
             stored_state_data(path, claimed.id) == encode_state(Processing(now, 'w"x', "s\\ü"))[1]
         )
         (applied,) = await storage.apply(
-            [Transition(claimed.id, claimed.version, Succeeded({"k": "ü"}, 1.0))]
+            [Transition(claimed.id, claimed.version, Succeeded({"k": "ü"}, 1.0, now))]
         )
         assert applied is not None
     conn = sqlite3.connect(path)
@@ -467,7 +469,7 @@ async def test_stored_state_json_is_encode_states(tmp_path: Path) -> None:
     for job, state in zip(jobs, states, strict=True):
         assert stored[job.id] == encode_state(state)[1]
         assert decode_state(state.name, stored[job.id]) == state
-    assert stored[claimed.id] == encode_state(Succeeded({"k": "ü"}, 1.0))[1]
+    assert stored[claimed.id] == encode_state(Succeeded({"k": "ü"}, 1.0, now))[1]
 
 
 async def test_apply_chains_within_a_batch_and_handles_big_batches(tmp_path: Path) -> None:
@@ -493,3 +495,28 @@ async def test_apply_chains_within_a_batch_and_handles_big_batches(tmp_path: Pat
         assert stored.state == Failed("chained")
         assert (stored.attempts, stored.version) == (7, head.version + 2)
         assert (await storage.count_by_state())["succeeded"] == len(jobs) - 1
+
+
+@pytest.mark.parametrize("before", [None, "some-id"])
+@pytest.mark.parametrize(
+    ("state", "queue", "method"),
+    [
+        (None, None, None),
+        (Failed, None, None),
+        (None, "q", None),
+        (Failed, "q", None),
+        (None, None, "m"),
+        (None, "q", "m"),
+    ],
+)
+def test_list_jobs_pages_walk_an_index_without_sorting(
+    state: type[Failed] | None, queue: str | None, method: str | None, before: str | None
+) -> None:
+    # A page must cost the same at the millionth job: no sort of all matches.
+    conn = sqlite3.connect(":memory:")
+    for step in MIGRATIONS:
+        for statement in step:
+            conn.execute(statement)
+    sql, params = _list_sql(state, queue, method, 100, before, True)
+    plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "TEMP B-TREE" not in plan

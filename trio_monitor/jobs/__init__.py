@@ -7,8 +7,10 @@ tests.
 """
 
 from .._public import document_as_public
+from ._client import Client
 from ._clock import TrioWallClock, WallClock
 from ._model import (
+    Aborted,
     AwaitingRetry,
     Deleted,
     Enqueued,
@@ -16,6 +18,8 @@ from ._model import (
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     Scheduled,
     ServerInfo,
@@ -26,6 +30,7 @@ from ._model import (
 from ._processor import RetryPolicy
 from ._server import JobServer, ServerConfig, ServerError
 from ._storage import (
+    AbortOutcome,
     SchemaStatus,
     SchemaVersionError,
     Storage,
@@ -33,10 +38,13 @@ from ._storage import (
     migrate,
     open_storage,
 )
-from ._workers import WorkerContext, WorkerRegistry
+from ._workers import Retry, WorkerContext, WorkerRegistry
 
 __all__ = [
+    "AbortOutcome",
+    "Aborted",
     "AwaitingRetry",
+    "Client",
     "Deleted",
     "Enqueued",
     "Failed",
@@ -44,7 +52,10 @@ __all__ = [
     "JobServer",
     "JobState",
     "Processing",
+    "Progress",
+    "QueueInfo",
     "RecurringJob",
+    "Retry",
     "RetryPolicy",
     "Scheduled",
     "SchemaStatus",

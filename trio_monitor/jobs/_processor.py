@@ -35,6 +35,7 @@ from .._validate import (
     attrs_seconds,
 )
 from ._model import (
+    Aborted,
     AwaitingRetry,
     Enqueued,
     Failed,
@@ -45,7 +46,7 @@ from ._model import (
     encode_state,
 )
 from ._storage import Storage
-from ._workers import Middleware, WorkerContext, WorkerFn, WorkerRegistry
+from ._workers import Method, Middleware, Retry, WorkerContext, WorkerRegistry
 
 __all__ = ["Processor", "RetryPolicy", "RunningJob", "StateChangeHook", "StopReason", "describe"]
 
@@ -143,6 +144,11 @@ class StopReason(enum.Enum):
     #: The server stopped past ``shutdown_timeout``, or the run was cancelled
     #: from outside: the job goes back to Enqueued, that attempt uncounted.
     SHUTDOWN = "shutdown"
+    #: Its abort was requested (``client.abort``): the job ends
+    #: :class:`~trio_monitor.jobs.Aborted` and is not retried. It beats a
+    #: shutdown given before or after: requeueing a job someone aborted
+    #: would run it again.
+    ABORTED = "aborted"
 
 
 class RunningJob:
@@ -154,17 +160,26 @@ class RunningJob:
     outcome is already decided.
     """
 
-    __slots__ = ("job_id", "scope", "stop_reason")
+    __slots__ = ("abort_reason", "job_id", "scope", "stop_reason")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.scope = trio.CancelScope()
         self.stop_reason: StopReason | None = None
+        #: The reason given to the abort, once there was one.
+        self.abort_reason: str | None = None
 
     def stop(self, reason: StopReason) -> None:
-        """Cancel the run on purpose; the first reason given wins."""
+        """Cancel the run on purpose; the first reason given wins (an abort beats any)."""
         if self.stop_reason is None:
             self.stop_reason = reason
+        self.scope.cancel()
+
+    def abort(self, reason: str) -> None:
+        """Cancel the run because its abort was requested: it ends Aborted(reason)."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self.stop_reason = StopReason.ABORTED
         self.scope.cancel()
 
 
@@ -174,15 +189,20 @@ class Processor:
     Every run ends in exactly one of four ways, decided in this order:
 
     1. **Stopped on purpose** (a :class:`StopReason` given to
-       :meth:`stop_all`, or a cancellation from outside): the stop's outcome
-       (requeued, that attempt uncounted), whatever the code did meanwhile.
+       :meth:`stop_all` or :meth:`abort`, or a cancellation from outside):
+       the stop's outcome (requeued, that attempt uncounted; or
+       ``Aborted``), whatever the code did meanwhile.
     2. **A BaseException of its own** (``SystemExit``, ``KeyboardInterrupt``):
        a counted failed attempt, written at once (shielded, bounded); then
        the exception propagates and stops the server, as Trio wants.
-    3. **Timed out**: still running at ``job_timeout`` (even if it then
-       returned, having ignored its cancellation): a failed attempt with a
+    3. **Timed out**: still running at its timeout (the job's own, else its
+       method's, else ``job_timeout``), even if it then returned, having
+       ignored its cancellation: a failed attempt with a
        :exc:`TimeoutError` text.
-    4. Otherwise it raised (a failed attempt) or returned (succeeded).
+    4. Otherwise it raised (a failed attempt: retried after the method's or
+       the server's policy, or after :class:`~trio_monitor.jobs.Retry`'s
+       ``delay``; failed at once if the method's ``retry_on`` does not name
+       it) or returned (succeeded).
     """
 
     def __init__(
@@ -197,9 +217,15 @@ class Processor:
         failed_ttl: float | None,
         clock: Callable[[], datetime],
         notify: StateChangeHook,
+        threads: int = 1,
     ) -> None:
         self._storage = storage
         self._workers = workers
+        # Plain ``def`` workers: at most this many threads at once (an
+        # abandoned thread that ignores its cancellation keeps its place).
+        self._threads = trio.CapacityLimiter(max(threads, 1))
+        #: What the registry's lifespan yielded for this start (``ctx.state``).
+        self.state: object = None
         self._retry = retry_policy
         self._middleware = tuple(middleware)
         self._job_timeout = job_timeout
@@ -209,6 +235,8 @@ class Processor:
         self._notify = notify
         #: The runs under way, by job id.
         self.running: dict[str, RunningJob] = {}
+        # Aborts heard for jobs claimed but not started yet: id -> reason.
+        self._aborts_pending: dict[str, str] = {}
         # Set by stop_all: runs that would start from now on are stopped at once.
         self._stopped_all: StopReason | None = None
 
@@ -223,6 +251,25 @@ class Processor:
             run.stop(reason)
         return len(runs)
 
+    def abort(self, requested: Sequence[tuple[str, str]]) -> int:
+        """Abort the runs whose ``(job id, reason)`` is in ``requested``; how many were running.
+
+        Requested jobs not running yet (claimed, not started) are aborted
+        the moment they start; the set is replaced at each call, since
+        storage lists every requested abort of this server each time.
+        """
+        aborted = 0
+        pending: dict[str, str] = {}
+        for job_id, reason in requested:
+            run = self.running.get(job_id)
+            if run is None:
+                pending[job_id] = reason
+            else:
+                run.abort(reason)
+                aborted += 1
+        self._aborts_pending = pending
+        return aborted
+
     async def process(self, job: Job, ctx: WorkerContext) -> Transition:
         """Run ``job`` (as claimed) and return the transition recording its outcome.
 
@@ -233,7 +280,11 @@ class Processor:
         attempt is written the same way and the exception propagates.
         """
         job_id, version, attempts, method = job.id, job.version, job.attempts, job.method
-        if attempts > self._retry.max_attempts:
+        settings = self._workers.method(method)
+        policy = self._retry
+        if settings is not None and settings.retry_policy is not None:
+            policy = settings.retry_policy
+        if attempts > policy.max_attempts:
             # Claimed again and again without an outcome: it probably kills
             # the process running it. Do not run it once more.
             return self._terminal(
@@ -241,31 +292,35 @@ class Processor:
                 version,
                 Failed(
                     f"gave up after {attempts - 1} attempts: the job was claimed "
-                    f"{attempts} times (max_attempts={self._retry.max_attempts}) without "
+                    f"{attempts} times (max_attempts={policy.max_attempts}) without "
                     "finishing; its workers died or stalled"
                 ),
             )
-        fn = self._workers.get(method)
-        if fn is None:
+        if settings is None:
             return self._terminal(
                 job_id, version, Failed(f"no worker is registered for method {method!r}")
             )
+        # The job's own timeout beats its method's, which beats the server's.
+        limit = job.timeout or settings.timeout or self._job_timeout
         run = self.running[job_id] = RunningJob(job_id)
         if self._stopped_all is not None:
             run.stop(self._stopped_all)  # never starts: the server is past its deadline
+        reason = self._aborts_pending.pop(job_id, None)
+        if reason is not None:
+            run.abort(reason)  # heard before it started: it never runs
         started = trio.current_time()
         exc: Exception | None = None
         result: object = None
         try:
-            with run.scope, trio.move_on_after(self._job_timeout) as timeout:
+            with run.scope, trio.move_on_after(limit) as timeout:
                 # The worker gets a copy of its own: what it changes never
                 # reaches the hook's job or the compare-and-swap.
-                exc, result = await self._call_isolated(fn, attrs.evolve(job), ctx)
+                exc, result = await self._call_isolated(settings, attrs.evolve(job), ctx)
         except BaseException as raised:
             own = self._stopped(run, job_id, version, attempts)
             if own is None:
                 # Its own SystemExit, KeyboardInterrupt...: counted.
-                own = self._failed_attempt(job_id, version, attempts, describe(raised))
+                own = self._failed_attempt(job_id, version, attempts, describe(raised), policy)
                 logger.exception(
                     "job %s (%s) raised %s: attempt %d counted, and it propagates",
                     job_id,
@@ -288,9 +343,11 @@ class Processor:
         # an exception made of its Cancelled, or a late return after
         # ignoring it (swallowed, or blocked in a thread).
         if timeout.cancel_called or trio.current_time() >= timeout.deadline:
-            logger.warning("job %s (%s) timed out after %gs", job_id, method, self._job_timeout)
-            error = f"TimeoutError: timed out after {self._job_timeout:g}s"
-            return self._failed_attempt(job_id, version, attempts, error)
+            logger.warning("job %s (%s) timed out after %gs", job_id, method, limit)
+            error = f"TimeoutError: timed out after {limit:g}s"
+            if not settings.retries(TimeoutError()):
+                return self._terminal(job_id, version, Failed(error))
+            return self._failed_attempt(job_id, version, attempts, error, policy)
         if exc is not None:
             logger.warning(
                 "job %s (%s) failed attempt %d: %s",
@@ -300,27 +357,43 @@ class Processor:
                 describe(exc),
                 exc_info=exc,
             )
-            return self._failed_attempt(job_id, version, attempts, describe(exc))
+            if isinstance(exc, Retry):
+                error = f"Retry: {exc.reason}" if exc.reason else "Retry"
+                return self._failed_attempt(job_id, version, attempts, error, policy, exc.delay)
+            if not settings.retries(exc):
+                # Not one retry_on names: failed at once.
+                return self._terminal(job_id, version, Failed(describe(exc)))
+            return self._failed_attempt(job_id, version, attempts, describe(exc), policy)
         return self._succeeded(job, trio.current_time() - started, result)
 
     async def _call_isolated(
-        self, fn: WorkerFn, job: Job, ctx: WorkerContext
+        self, method: Method, job: Job, ctx: WorkerContext
     ) -> tuple[Exception | None, object]:
         result: object = None
 
         async def call() -> None:
             nonlocal result
-            result = await self._call(0, fn, job, ctx)
+            result = await self._call(0, method, job, ctx)
 
         exc = await capture(call, ())
         return exc, result
 
-    async def _call(self, index: int, fn: WorkerFn, job: Job, ctx: WorkerContext) -> object:
+    async def _call(self, index: int, method: Method, job: Job, ctx: WorkerContext) -> object:
         # Middleware[0] is outermost; its call_next runs middleware[1], ...,
         # and the last call_next runs the worker itself.
         if index == len(self._middleware):
-            return await fn(job, ctx)
-        call_next = functools.partial(self._call, index + 1, fn, job, ctx)
+            if method.is_async:
+                return await method.fn(job, ctx)
+            # A plain def: in a worker thread, bounded. On cancellation
+            # (abort, timeout, stop) trio.from_thread.check_cancelled()
+            # raises in it; one that never checks is abandoned, so that the
+            # outcome (and the worker) never wait for it.
+            return await trio.to_thread.run_sync(
+                functools.partial(method.fn, job, ctx),
+                limiter=self._threads,
+                abandon_on_cancel=True,
+            )
+        call_next = functools.partial(self._call, index + 1, method, job, ctx)
         return await self._middleware[index](job, ctx, call_next)
 
     def _stopped(
@@ -328,14 +401,16 @@ class Processor:
     ) -> Transition | None:
         """The outcome of an intentional stop, or None if the run was not stopped.
 
-        Each :class:`StopReason` maps to its outcome here (an abort will map
-        to its own terminal state).
+        Each :class:`StopReason` maps to its outcome here.
         """
         reason = run.stop_reason
         if reason is None and is_outer_cancelled():
             reason = StopReason.SHUTDOWN
         if reason is None:
             return None
+        if reason is StopReason.ABORTED:
+            aborted = Aborted(run.abort_reason or "aborted", self._now())
+            return self._terminal(job_id, version, aborted)
         return self._requeue_transition(job_id, version, attempts)
 
     def _succeeded(self, job: Job, duration: float, result: object) -> Transition:
@@ -354,14 +429,26 @@ class Processor:
             state = Succeeded(None, duration)
         return self._terminal(job.id, job.version, state)
 
-    def _terminal(self, job_id: str, version: int, state: Succeeded | Failed) -> Transition:
+    def _terminal(
+        self, job_id: str, version: int, state: Succeeded | Failed | Aborted
+    ) -> Transition:
         ttl = self._succeeded_ttl if isinstance(state, Succeeded) else self._failed_ttl
         expires = None if ttl is None else self._now() + ttl
         return Transition(job_id, version, state, expires_at=expires)
 
-    def _failed_attempt(self, job_id: str, version: int, attempts: int, error: str) -> Transition:
-        if attempts < self._retry.max_attempts:
-            retry_at = self._now() + timedelta(seconds=self._retry.delay(attempts))
+    def _failed_attempt(
+        self,
+        job_id: str,
+        version: int,
+        attempts: int,
+        error: str,
+        policy: RetryPolicy,
+        delay: float | None = None,
+    ) -> Transition:
+        """A counted failed attempt: retried after ``delay`` (None: the policy's), or Failed."""
+        if attempts < policy.max_attempts:
+            wait = policy.delay(attempts) if delay is None else delay
+            retry_at = self._now() + timedelta(seconds=wait)
             return Transition(job_id, version, AwaitingRetry(retry_at, error))
         return self._terminal(job_id, version, Failed(error))
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,8 +37,9 @@ from .._core import FINITE, SupervisedNursery, TaskState, open_component
 from .._failures import TaskFailure, describe_reason
 from .._token import ShutdownToken
 from .._validate import MAX_SECONDS, attrs_count, attrs_seconds, check_seconds, check_str
+from ._client import Client
 from ._clock import WallClock, check_clock, trio_time_of
-from ._cron import next_run, next_run_or_never, validate_cron
+from ._cron import check_timezone, next_run, next_run_or_never, validate_cron
 from ._liveness import Liveness
 from ._model import (
     AwaitingRetry,
@@ -48,7 +49,6 @@ from ._model import (
     JobState,
     Processing,
     RecurringJob,
-    Scheduled,
     ServerInfo,
     Transition,
     Transitioned,
@@ -280,6 +280,9 @@ class JobServer:
         self.middleware = middleware
         self.on_state_change = on_state_change
         self._clock: WallClock = utcnow if clock is None else check_clock(clock)
+        #: A :class:`~trio_monitor.jobs.Client` on this server's storage and
+        #: clock: producer and operator calls, running or not.
+        self.client = Client(storage, clock=self._clock)
         self._run: _ServerRun | None = None
 
     def __repr__(self) -> str:
@@ -306,12 +309,21 @@ class JobServer:
         """
         return self._clock()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, burst: bool = False, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run the server until :meth:`stop` (or until cancelled).
 
         Use ``await nursery.start(server.run)``: it returns once the
         heartbeat row (if enabled) is registered, stranded ``Processing``
-        jobs were re-enqueued and the loops are running.
+        jobs were re-enqueued, the workers' ``lifespan`` was entered and the
+        loops are running.
+
+        With ``burst=True`` the server stops by itself (gracefully, as
+        :meth:`stop`) once it holds no job and a claim finds none it may
+        start, after promoting the Scheduled and AwaitingRetry jobs due now:
+        for batch hosts and tests. Jobs due later, jobs of paused queues and
+        jobs waiting for a lock held elsewhere do not keep it running.
 
         If cancelled from outside, everything stops at once; jobs that were
         running are re-enqueued (shielded, within a few seconds) with that
@@ -329,7 +341,7 @@ class JobServer:
                 f"job server {self.config.server_name!r} is already running; "
                 "stop() it before starting it again"
             )
-        run = _ServerRun(self)
+        run = _ServerRun(self, burst=burst)
         self._run = run
         try:
             await run.main(task_status)
@@ -358,20 +370,25 @@ class JobServer:
     async def enqueue(
         self,
         method: str,
-        payload: Any,
+        payload: Any = None,
         *,
         queue: str = "default",
         priority: int = 0,
         delay: float | None = None,
         run_at: datetime | None = None,
+        unique_key: str | None = None,
+        lock: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109  (the job's timeout, SPEC §6)
+        headers: Mapping[str, str] | None = None,
     ) -> str:
-        """Store a new job and return its id.
+        """Store a new job and return its id: :meth:`server.client.enqueue <Client.enqueue>`.
 
         With ``delay`` (seconds from now) or ``run_at`` (an aware datetime)
         the job is :class:`~trio_monitor.jobs.Scheduled` and the scheduler
-        enqueues it when due; otherwise it is
-        :class:`~trio_monitor.jobs.Enqueued` and an idle worker of this
-        server picks it up at once. The server need not be running.
+        enqueues it when due (this server's scheduler wakes for it at once);
+        otherwise it is :class:`~trio_monitor.jobs.Enqueued` and an idle
+        worker of this server picks it up at once. The server need not be
+        running.
 
         Raises:
           TypeError: ``payload`` is not JSON-serialisable (nothing is
@@ -381,29 +398,27 @@ class JobServer:
             or too long delay (more than about 95 years), a naive
             ``run_at``, or an empty method or queue name.
         """
-        check_str("method", method)
-        check_str("queue", queue)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise TypeError(f"priority must be an int, got {priority!r}")
-        if delay is not None and run_at is not None:
-            raise ValueError("give either delay or run_at, not both")
-        dump_json(payload)
-        now = self.now()
-        state: JobState
-        if delay is not None:
-            seconds = check_seconds("delay", delay, maximum=MAX_SECONDS)
-            state = Scheduled(now + timedelta(seconds=seconds))
-        elif run_at is not None:
-            if not isinstance(run_at, datetime):
-                raise TypeError(f"run_at must be a datetime, got {run_at!r}")
-            state = Scheduled(run_at)  # refuses naive datetimes
-        else:
-            state = Enqueued(now)
-        job = Job.new(method, payload, queue, priority, now=now)
-        job.state = state
-        job_id = await self.storage.enqueue(job)
-        if isinstance(state, Scheduled) and self._run is not None:
-            self._run.note_due(state.enqueue_at)
+        # ``server.enqueue`` is ``server.client.enqueue``; the server only
+        # tells its scheduler about a due time it will have to act on.
+        due = None
+        if delay is not None and isinstance(delay, int | float) and delay >= 0:
+            due = self.now() + timedelta(seconds=min(float(delay), MAX_SECONDS))
+        elif isinstance(run_at, datetime):
+            due = run_at
+        job_id = await self.client.enqueue(
+            method,
+            payload,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            unique_key=unique_key,
+            lock=lock,
+            timeout=timeout,
+            headers=headers,
+        )
+        if due is not None and self._run is not None:
+            self._run.note_due(due)
         return job_id
 
     async def delete(self, job_id: str) -> bool:
@@ -439,25 +454,32 @@ class JobServer:
         queue: str = "default",
         *,
         priority: int = 0,
+        timezone: str = "UTC",
     ) -> None:
         """Register (or replace) a recurring job template.
 
         ``cron`` has six fields, seconds first:
-        ``second minute hour day-of-month month day-of-week`` (UTC;
-        day-of-week 0 or 7 is Sunday, or ``MON``-``SUN``). The recurring
-        poller of any server on this storage enqueues one job per
-        occurrence; missed occurrences collapse into one.
+        ``second minute hour day-of-month month day-of-week`` (day-of-week
+        0 or 7 is Sunday, or ``MON``-``SUN``), evaluated in ``timezone``
+        (an IANA name such as ``"Europe/Paris"``; default UTC). Across a
+        daylight-saving change no occurrence is missed or doubled: a wall
+        time the spring change skips runs once, at the first instant after
+        the gap; a wall time the autumn change repeats runs once, at its
+        first occurrence. The recurring poller of any server on this
+        storage enqueues one job per occurrence; missed occurrences
+        collapse into one.
 
         Raises:
           ValueError: an invalid cron expression (naming the bad field), an
-            empty id, method or queue.
-          TypeError: ``payload`` is not JSON-serialisable, or an id, method
-            or queue that is not a str.
+            unknown time zone, an empty id, method or queue.
+          TypeError: ``payload`` is not JSON-serialisable, or an id, method,
+            queue or time zone that is not a str.
         """
         check_str("recurring job id", id)
         check_str("method", method)
         check_str("queue", queue)
         validate_cron(cron)
+        check_timezone(timezone)
         dump_json(payload)
         recurring = RecurringJob(
             id=id,
@@ -465,8 +487,9 @@ class JobServer:
             method=method,
             payload=payload,
             queue=queue,
-            next_run_at=next_run(cron, self.now()),
+            next_run_at=next_run(cron, self.now(), timezone),
             priority=priority,
+            timezone=timezone,
         )
         await self.storage.upsert_recurring(recurring)
 
@@ -539,8 +562,9 @@ class _Worker:
 class _ServerRun:
     """What one start of a :class:`JobServer` owns."""
 
-    def __init__(self, server: JobServer) -> None:
+    def __init__(self, server: JobServer, *, burst: bool = False) -> None:
         self.server = server
+        self.burst = burst
         self.clock = server.now
         self.hook = server.on_state_change
         self.config = config = server.config
@@ -565,6 +589,7 @@ class _ServerRun:
             failed_ttl=config.failed_ttl,
             clock=server.now,
             notify=self.notify,
+            threads=config.worker_count,
         )
         self.liveness = Liveness(
             self.identity,
@@ -720,9 +745,13 @@ class _ServerRun:
                     "the liveness loop will retry",
                     self.identity,
                 )
-            async with open_component(
-                self._build, self._report, on_failure=self._task_failed, logger=logger
+            async with (
+                self.server.workers.open_state() as state,
+                open_component(
+                    self._build, self._report, on_failure=self._task_failed, logger=logger
+                ),
             ):
+                self.processor.state = state
                 self.started = True
                 logger.info(
                     "job server %r started: %d workers on queues %s",
@@ -731,6 +760,8 @@ class _ServerRun:
                     config.queues or "(all)",
                 )
                 task_status.started()
+                if self.burst and not self.slots:
+                    self.request_stop()  # no worker: nothing this server could run
                 await self.token.wait()
                 await self._drain()
         finally:
@@ -787,8 +818,10 @@ class _ServerRun:
             )
         for loop in self.loops:
             self._start(loop)
-        # Runs until the drain is over: the server is alive while it drains.
+        # Run until the drain is over: the server is alive while it drains,
+        # and a job running out its shutdown_timeout can still be aborted.
         self.liveness_task = self._start(_Task("jobs.liveness", self._liveness_loop))
+        self.abort_task = self._start(_Task("jobs.aborts", self._abort_loop))
         self.worker_tasks = [
             self._start(_Task(slot.worker_id, self._worker, (slot,)))
             for slot in self.slots.values()
@@ -806,6 +839,16 @@ class _ServerRun:
         # claim got, and closes the mailboxes; workers then finish and exit.
         with trio.move_on_after(self.config.shutdown_timeout):
             await self._wait_all(self.worker_tasks)
+        if self.processor.running:
+            # Requeueing a job whose abort was requested but not yet heard
+            # would run it again: look once more, so the abort beats the stop.
+            with trio.move_on_after(SHIELDED_CALL_TIMEOUT):
+                try:
+                    self.processor.abort(await self.storage.aborts_requested(self.identity))
+                except Exception:
+                    logger.exception(
+                        "job server %r: could not read requested aborts", self.identity
+                    )
         stopped = self.processor.stop_all(StopReason.SHUTDOWN)
         if stopped:
             logger.warning(
@@ -834,9 +877,9 @@ class _ServerRun:
         self._pending_changed.set()
         with trio.move_on_after(max(self.config.shutdown_timeout, SHIELDED_CALL_TIMEOUT)):
             await self.committer.wait()
-        for task in (self.committer, *self.loops, self.liveness_task):
+        for task in (self.committer, *self.loops, self.liveness_task, self.abort_task):
             task.abort()
-        await self._wait_all([self.committer, *self.loops, self.liveness_task])
+        await self._wait_all([self.committer, *self.loops, self.liveness_task, self.abort_task])
 
     @staticmethod
     async def _wait_all(tasks: Sequence[_Task | None]) -> None:
@@ -962,7 +1005,10 @@ class _ServerRun:
                 await self.storage.register_server(self._server_info(stamp))
         servers = await self.storage.list_servers()
         claims = self._claims
-        processing = await self.storage.list_jobs(state=Processing)
+        # Every Processing job, unpaged (limit None): a page would leave the
+        # stranded jobs past it in Processing until a later sweep, for ever
+        # if more than a page of them keep coming.
+        processing = await self.storage.list_jobs(state=Processing, limit=None)
         verdict = self.liveness.judge(
             servers,
             processing,
@@ -999,6 +1045,40 @@ class _ServerRun:
                 self.config.dead_server_timeout,
             )
             await self.storage.deregister_server(server_id)
+
+    # -- aborts -------------------------------------------------------------
+
+    async def _abort_loop(self) -> None:
+        """Cancel the jobs whose abort is requested, as soon as storage says so.
+
+        Storage pushes a wake-up in this process and on PostgreSQL; across
+        SQLite processes the list is polled every ``polling_interval``.
+        """
+        while True:
+            ticked = await self._tick("abort listener", self._abort_tick, until_stop=False)
+            if not ticked and self.fatal is not None:
+                return
+
+    async def _abort_tick(self) -> None:
+        async with trio.open_nursery() as nursery:
+            # Listen before reading, so that an abort requested while we
+            # read still wakes us.
+            woken = trio.Event()
+
+            async def listen() -> None:
+                await self.storage.wait_for_abort()
+                woken.set()
+
+            nursery.start_soon(listen)
+            await trio.lowlevel.checkpoint()
+            requested = await self.storage.aborts_requested(self.identity)
+            if self.processor.abort(requested):
+                logger.info(
+                    "job server %r: cancelling %d aborted job(s)", self.identity, len(requested)
+                )
+            with trio.move_on_after(self.config.polling_interval):
+                await woken.wait()
+            nursery.cancel_scope.cancel()
 
     # -- claiming and working ---------------------------------------------
 
@@ -1043,6 +1123,9 @@ class _ServerRun:
                     await self.processor.release(undelivered)
                     self._held.difference_update(job.id for job in undelivered)
                 if len(claimed) < len(worker_ids):
+                    if self.burst and not claimed and await self._burst_done():
+                        self.request_stop()
+                        continue
                     # Nothing more to claim: wait for an enqueue or poll later.
                     with trio.move_on_after(config.polling_interval):
                         await self._interruptible(self.storage.wait_for_work)
@@ -1052,6 +1135,24 @@ class _ServerRun:
                 for slot in self.slots.values():
                     if slot.mailbox is not None:
                         slot.mailbox.close()
+
+    async def _burst_done(self) -> bool:
+        """In burst mode, after an empty claim: is there nothing left to do now?
+
+        Nothing held (running, or its outcome unwritten), and nothing the
+        scheduler can promote now; otherwise claim again.
+        """
+        if self._held or self._pending:
+            return False
+        promoted: list[Transitioned] = []
+
+        async def promote() -> None:
+            promoted.extend(await self.storage.promote_due(self.now()))
+
+        if not await self._tick("scheduler", promote):
+            return False
+        self.notify_all(promoted)
+        return not promoted and not self._held and not self._pending
 
     def _dispatch(self, job: Job) -> bool:
         """Hand ``job`` to the worker whose id storage stamped on it; False if it is gone."""
@@ -1080,6 +1181,10 @@ class _ServerRun:
                     worker_id=slot.worker_id,
                     server_name=self.identity,
                     attempt=job.attempts,
+                    job_id=job.id,
+                    headers=dict(job.headers),
+                    state=self.processor.state,
+                    set_progress=self.storage.set_progress,
                 )
                 transition = await self.processor.process(job, ctx)
                 self._commit(job, transition)
