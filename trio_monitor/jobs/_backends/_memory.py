@@ -242,7 +242,8 @@ class MemoryStorage:
             if columns["attempts"] is None:
                 columns = {**columns, "attempts": row.attempts}
             new = self._jobs[row.id] = row._replace(**columns, version=row.version + 1)
-            wake = wake or new.state == "enqueued"
+            # A job leaving Processing may free a lock or a max_running slot.
+            wake = wake or new.state == "enqueued" or row.state == "processing"
             finished = finished or new.state in TERMINAL
             results.append(job_from_row(new.job_row(), identity, state))
         if wake:

@@ -616,7 +616,9 @@ class PostgresStorage:
                 WHERE j.id = v.id AND j.version = v.expected
                 RETURNING v.n, {_J_JOB_COLUMNS}
             )
-            SELECT upd.*, CASE WHEN upd.state = 'enqueued' THEN {_NOTIFY} END,
+            SELECT upd.*,
+                CASE WHEN upd.state = 'enqueued' OR upd.lock_key IS NOT NULL
+                    THEN {_NOTIFY} END,
                 CASE WHEN upd.state IN ({_TERMINAL_SQL}) THEN {_NOTIFY_FINISHED} END
             FROM upd
         """)
@@ -645,6 +647,9 @@ class PostgresStorage:
             self._wakeup.notify()
         if any(job is not None and job.state.name in TERMINAL for job in results):
             self._finished.notify()
+            # A job leaving Processing may free a lock or a max_running slot
+            # (other processes hear of freed locks by NOTIFY, of slots by polling).
+            self._wakeup.notify()
         return results
 
     async def _requeue(

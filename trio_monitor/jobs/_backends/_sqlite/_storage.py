@@ -505,6 +505,8 @@ class SQLiteStorage:
             self._wakeup.notify()  # a retry due at once, a requeue
         if any(job is not None and job.state.name in TERMINAL for job in results):
             self._finished.notify()
+            # A job leaving Processing may free a lock or a max_running slot.
+            self._wakeup.notify()
         return results
 
     async def _requeue(
