@@ -149,8 +149,9 @@ async def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> Non
 
 def test_claim_queries_use_their_indexes() -> None:
     conn = sqlite3.connect(":memory:")
-    for statement in MIGRATIONS[0]:
-        conn.execute(statement)
+    for step in MIGRATIONS:
+        for statement in step:
+            conn.execute(statement)
     for queue_count, index in (
         (0, "jobs_claim_any"),
         (1, "jobs_claim_queue"),
@@ -458,7 +459,7 @@ async def test_stored_state_json_is_encode_states(tmp_path: Path) -> None:
             stored_state_data(path, claimed.id) == encode_state(Processing(now, 'w"x', "s\\ü"))[1]
         )
         (applied,) = await storage.apply(
-            [Transition(claimed.id, claimed.version, Succeeded({"k": "ü"}, 1.0))]
+            [Transition(claimed.id, claimed.version, Succeeded({"k": "ü"}, 1.0, now))]
         )
         assert applied is not None
     conn = sqlite3.connect(path)
@@ -467,7 +468,7 @@ async def test_stored_state_json_is_encode_states(tmp_path: Path) -> None:
     for job, state in zip(jobs, states, strict=True):
         assert stored[job.id] == encode_state(state)[1]
         assert decode_state(state.name, stored[job.id]) == state
-    assert stored[claimed.id] == encode_state(Succeeded({"k": "ü"}, 1.0))[1]
+    assert stored[claimed.id] == encode_state(Succeeded({"k": "ü"}, 1.0, now))[1]
 
 
 async def test_apply_chains_within_a_batch_and_handles_big_batches(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ sleeps except the ``wait_for_work`` blocking test (50 ms).
 from __future__ import annotations
 
 import itertools
+import math
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,13 +27,16 @@ from hypothesis import strategies as st
 from tests.cancellation import Caller, callers, run_callers
 from tests.jobs.storage_backends import Backend, backend_params
 from trio_monitor.jobs import (
+    Aborted,
     AwaitingRetry,
+    Client,
     Deleted,
     Enqueued,
     Failed,
     Job,
     JobState,
     Processing,
+    Progress,
     RecurringJob,
     Scheduled,
     SchemaStatus,
@@ -1242,3 +1246,337 @@ def test_cancellation_stays_with_its_caller(storage_url: str, drawn: list[Caller
                     assert isinstance(job.state, Failed) == (i in returned), (i, name)
 
     trio.run(main)
+
+
+# -- job control (SPEC section 6) ------------------------------------------
+
+
+def client_of(storage: Storage) -> Client:
+    return Client(storage)
+
+
+async def test_unique_key_returns_the_live_job_and_frees_when_it_ends(storage: Storage) -> None:
+    client = client_of(storage)
+    first = await client.enqueue("m", 1, unique_key="k")
+    assert await client.enqueue("m", 2, unique_key="k") == first
+    assert await client.enqueue("m", 3, unique_key="k", delay=60) == first
+    assert len(await storage.list_jobs()) == 1
+    (claimed,) = await claim(storage)
+    assert await client.enqueue("m", 4, unique_key="k") == first  # Processing is live
+    await storage.apply([Transition(first, claimed.version, Succeeded(None, 0.1))])
+    second = await client.enqueue("m", 5, unique_key="k")
+    assert second != first
+    other = await client.enqueue("m", 6, unique_key="other")
+    assert other not in (first, second)
+    # A job stored in a state that is not live never blocks the key.
+    done = make_job(state=Failed("x"))
+    done.unique_key = "k"
+    assert await storage.enqueue(done) == done.id
+
+
+async def test_enqueue_many_gives_unique_hits_the_live_id(storage: Storage) -> None:
+    live = Job.new("m", 0, unique_key="a")
+    await storage.enqueue(live)
+    batch = [
+        Job.new("m", 1, unique_key="a"),
+        Job.new("m", 2, unique_key="b"),
+        Job.new("m", 3, unique_key="b"),
+        Job.new("m", 4),
+    ]
+    ids = await storage.enqueue_many(batch)
+    assert ids == [live.id, batch[1].id, batch[1].id, batch[3].id]
+    assert len(await storage.list_jobs()) == 3
+
+
+async def test_enqueue_many_with_a_bad_job_stores_nothing(storage: Storage) -> None:
+    client = client_of(storage)
+    good = Job.new("m", 1, unique_key="u")
+    bad = Job.new("m", {"x": object()})
+    with pytest.raises(TypeError):
+        await client.enqueue_many([good, bad])
+    with pytest.raises(TypeError):
+        await client.enqueue_many([good, "not a job"])  # type: ignore[list-item]
+    existing = Job.new("m", 0)
+    await storage.enqueue(existing)
+    clash = Job.new("m", 2)
+    clash.id = existing.id
+    with pytest.raises(ValueError, match="already exist"):
+        await client.enqueue_many([good, clash])
+    assert [job.id for job in await storage.list_jobs()] == [existing.id]
+
+
+async def test_two_storages_enqueueing_one_unique_key_store_one_job(shared_url: str) -> None:
+    async with open_storage(shared_url) as a, open_storage(shared_url) as b:
+        ids: list[str] = []
+
+        async def enqueue(storage: Storage, n: int) -> None:
+            for i in range(n):
+                ids.append(await storage.enqueue(Job.new("m", i, unique_key="one")))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(enqueue, a, 10)
+            nursery.start_soon(enqueue, b, 10)
+        assert len(set(ids)) == 1
+        assert len(await a.list_jobs()) == 1
+
+
+async def test_paused_queue_starts_nothing_until_resumed(storage: Storage) -> None:
+    client = client_of(storage)
+    await storage.enqueue_many([make_job(queue="mail"), make_job(queue="other")])
+    await client.pause_queue("mail")
+    got = await claim(storage, 5, queues=[])
+    assert [job.queue for job in got] == ["other"]
+    assert await claim(storage, 5, queues=["mail"]) == []
+    (info,) = [q for q in await client.queues() if q.name == "mail"]
+    assert info.paused
+    await client.resume_queue("mail")
+    assert [job.queue for job in await claim(storage, 5, queues=["mail"])] == ["mail"]
+
+
+async def test_max_running_caps_processing_jobs_of_a_queue(storage: Storage) -> None:
+    client = client_of(storage)
+    await client.set_queue_limits("q", max_running=2)
+    jobs = [make_job(queue="q", priority=p) for p in range(5)]
+    await storage.enqueue_many(jobs)
+    first = await claim(storage, 5, queues=["q"])
+    assert [job.id for job in first] == [jobs[4].id, jobs[3].id]  # order kept
+    assert await claim(storage, 5, queues=["q"]) == []
+    await storage.apply([Transition(first[0].id, first[0].version, Succeeded(None, 0.0))])
+    assert [job.id for job in await claim(storage, 5, queues=["q"])] == [jobs[2].id]
+    (info,) = await client.queues()
+    assert (info.name, info.max_running, info.rate) == ("q", 2, None)
+    assert info.counts == {"processing": 2, "succeeded": 1, "enqueued": 2}
+
+
+async def test_rate_caps_starts_in_a_sliding_window(storage: Storage) -> None:
+    client = client_of(storage)
+    await client.set_queue_limits("q", rate=(2, 60.0))
+    await storage.enqueue_many([make_job(queue="q") for _ in range(6)])
+    t = utcnow()
+    assert len(await claim(storage, 5, queues=["q"], now=t)) == 2
+    assert await claim(storage, 5, queues=["q"], now=t + timedelta(seconds=30)) == []
+    assert await claim(storage, 5, queues=["q"], now=t + timedelta(seconds=59)) == []
+    assert len(await claim(storage, 5, queues=["q"], now=t + timedelta(seconds=61))) == 2
+    await client.set_queue_limits("q")  # no limits
+    assert len(await claim(storage, 5, queues=["q"], now=t + timedelta(seconds=62))) == 2
+
+
+async def test_lock_allows_one_processing_job_per_key(storage: Storage) -> None:
+    jobs = [Job.new("m", i, lock=lock) for i, lock in enumerate(["a", "a", "b", None, "a"])]
+    await storage.enqueue_many(jobs)
+    got = await claim(storage, 5)
+    assert [job.id for job in got] == [jobs[0].id, jobs[2].id, jobs[3].id]
+    assert await claim(storage, 5) == []
+    await storage.apply([Transition(got[0].id, got[0].version, Failed("x"))])
+    assert [job.id for job in await claim(storage, 5)] == [jobs[1].id]
+
+
+async def test_abort_each_state(storage: Storage) -> None:
+    client = client_of(storage)
+    queued = Job.new("m", 1)
+    scheduled = Job.new("m", 2, delay=3600)
+    running = Job.new("m", 3, queue="run")
+    done = make_job(state=Succeeded(1, 0.1))
+    await storage.enqueue_many([queued, scheduled, running, done])
+    (claimed,) = await claim(storage, queues=["run"], server="srv#1")
+    assert await client.abort(queued.id, "no longer needed")
+    got = await storage.get(queued.id)
+    assert got is not None
+    assert got.state == Aborted("no longer needed")
+    assert await client.abort(scheduled.id)
+    assert await storage.abort(claimed.id, "stop", utcnow()) == "requested"
+    still = await storage.get(claimed.id)
+    assert still is not None
+    assert isinstance(still.state, Processing)
+    assert still.version == claimed.version  # the server's CAS still works
+    assert await storage.aborts_requested("srv#1") == [(claimed.id, "stop")]
+    assert await storage.aborts_requested("srv#2") == []
+    (ended,) = await storage.apply([Transition(claimed.id, claimed.version, Aborted("stop"))])
+    assert ended is not None
+    assert await storage.aborts_requested("srv#1") == []
+    assert not await client.abort(done.id)
+    assert not await client.abort(claimed.id)
+    assert not await client.abort("no-such-job")
+    assert await storage.abort("no-such-job", "x", utcnow()) == "missing"
+    assert await claim(storage, 5, queues=[]) == []  # nothing aborted runs
+
+
+async def test_a_requeued_job_whose_abort_was_requested_ends_aborted(storage: Storage) -> None:
+    job = Job.new("m", 1)
+    await storage.enqueue(job)
+    t = utcnow()
+    assert len(await claim(storage, now=t)) == 1
+    assert await storage.abort(job.id, "stop", t) == "requested"
+    (changed,) = await storage.requeue_stale(t + timedelta(seconds=1), t + timedelta(seconds=2))
+    assert changed.job.state == Aborted("stop")
+    assert await claim(storage, 5) == []
+
+
+async def test_wait_for_abort_wakes_in_process(storage: Storage) -> None:
+    job = Job.new("m", 1)
+    await storage.enqueue(job)
+    await claim(storage)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def abort_soon() -> None:
+                await trio.sleep(0.02)
+                await storage.abort(job.id, "x", utcnow())
+
+            nursery.start_soon(abort_soon)
+            await storage.wait_for_abort()
+
+
+async def test_retry_failed_or_aborted_only(storage: Storage) -> None:
+    client = client_of(storage)
+    failed = make_job(state=Failed("x"))
+    failed.attempts = 3
+    aborted = make_job(state=Aborted("y"))
+    succeeded = make_job(state=Succeeded(1, 0.1))
+    queued = make_job()
+    await storage.enqueue_many([failed, aborted, succeeded, queued])
+    assert await client.retry(failed.id)
+    again = await storage.get(failed.id)
+    assert again is not None
+    assert isinstance(again.state, Enqueued)
+    assert again.attempts == 0
+    assert await client.retry(aborted.id)
+    assert not await client.retry(succeeded.id)
+    assert not await client.retry(queued.id)
+    assert not await client.retry("missing")
+
+
+async def test_retry_refused_while_its_unique_key_is_live(storage: Storage) -> None:
+    old = make_job(state=Failed("x"))
+    old.unique_key = "k"
+    await storage.enqueue(old)
+    live = await storage.enqueue(Job.new("m", 1, unique_key="k"))
+    assert live != old.id
+    assert not await storage.retry(old.id, utcnow())
+
+
+async def test_delete(storage: Storage) -> None:
+    client = client_of(storage)
+    queued = make_job()
+    running = make_job(queue="run")
+    await storage.enqueue_many([queued, running])
+    (claimed,) = await claim(storage, queues=["run"], server="s")
+    assert await client.delete(queued.id)
+    got = await storage.get(queued.id)
+    assert got is not None
+    assert isinstance(got.state, Deleted)
+    assert not await client.delete(queued.id)
+    assert not await client.delete("missing")
+    assert await client.delete(claimed.id)  # running: aborted
+    assert await storage.aborts_requested("s") == [(claimed.id, "deleted")]
+
+
+async def test_set_progress_keeps_the_version(storage: Storage) -> None:
+    job = make_job()
+    await storage.enqueue(job)
+    assert not await storage.set_progress(job.id, Progress(0.1))
+    (claimed,) = await claim(storage)
+    assert await storage.set_progress(job.id, Progress(0.5, "half"))
+    got = await storage.get(job.id)
+    assert got is not None
+    assert got.progress == Progress(0.5, "half")
+    assert got.version == claimed.version
+    assert not await storage.set_progress("missing", Progress(1.0))
+
+
+async def test_list_jobs_newest_first_with_filters_and_paging(storage: Storage) -> None:
+    client = client_of(storage)
+    ids = [await client.enqueue("a" if i % 2 else "b", i, queue=f"q{i % 3}") for i in range(10)]
+    newest = list(reversed(ids))
+    assert [job.id for job in await client.list_jobs()] == newest
+    page1 = await client.list_jobs(limit=4)
+    page2 = await client.list_jobs(limit=4, before=page1[-1].id)
+    page3 = await client.list_jobs(limit=4, before=page2[-1].id)
+    assert [job.id for job in page1 + page2 + page3] == newest
+    assert [job.id for job in await client.list_jobs(method="a")] == newest[0::2]
+    assert [job.id for job in await client.list_jobs(queue="q0")] == [ids[i] for i in (9, 6, 3, 0)]
+    assert [job.id for job in await client.list_jobs(queue="q0", method="b", limit=1)] == [ids[6]]
+    assert await client.list_jobs(state=Failed) == []
+    assert len(await client.list_jobs(state="enqueued")) == 10
+
+
+async def test_counts_keyed_by_queue_and_state_name(storage: Storage) -> None:
+    client = client_of(storage)
+    await storage.enqueue_many(
+        [make_job(queue="a"), make_job(queue="a"), make_job(queue="b", state=Failed("x"))]
+    )
+    assert {k: v for k, v in (await client.counts()).items() if v} == {
+        ("a", "enqueued"): 2,
+        ("b", "failed"): 1,
+    }
+    await client.set_queue_limits("c", max_running=1, rate=(5, 1.5))
+    infos = await client.queues()
+    assert [q.name for q in infos] == ["a", "b", "c"]
+    assert infos[2].rate == (5, 1.5)
+    assert infos[2].counts == {}
+
+
+async def test_wait_returns_the_finished_job(storage: Storage) -> None:
+    client = client_of(storage)
+    job_id = await client.enqueue("m", 1)
+    with pytest.raises(KeyError):
+        await client.wait("missing")
+    (claimed,) = await claim(storage)
+
+    async def finish() -> None:
+        await trio.sleep(0.05)
+        await storage.apply([Transition(job_id, claimed.version, Succeeded(7, 0.1))])
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(finish)
+            done = await client.wait(job_id)
+    assert done.state == Succeeded(7, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda c: c.enqueue("", 1), ValueError),
+        (lambda c: c.enqueue("m", 1, priority=2**40), ValueError),
+        (lambda c: c.enqueue("m", 1, delay=-1), ValueError),
+        (lambda c: c.enqueue("m", 1, delay=1, run_at=utcnow()), ValueError),
+        (lambda c: c.enqueue("m", 1, run_at=datetime(2030, 1, 1)), ValueError),
+        (lambda c: c.enqueue("m", 1, timeout=0), ValueError),
+        (lambda c: c.enqueue("m", 1, timeout=math.inf), ValueError),
+        (lambda c: c.enqueue("m", 1, headers={"a": 1}), TypeError),
+        (lambda c: c.enqueue("m", 1, unique_key=""), ValueError),
+        (lambda c: c.enqueue("m", 1, lock=5), TypeError),
+        (lambda c: c.enqueue("m", object()), TypeError),
+        (lambda c: c.set_queue_limits("q", max_running=-1), ValueError),
+        (lambda c: c.set_queue_limits("q", rate=(0, 1.0)), ValueError),
+        (lambda c: c.set_queue_limits("q", rate=(1, -1.0)), ValueError),
+        (lambda c: c.set_queue_limits("q", rate=(1,)), TypeError),
+        (lambda c: c.set_queue_limits("q", rate="1/s"), TypeError),
+        (lambda c: c.set_queue_limits("", max_running=1), ValueError),
+        (lambda c: c.list_jobs(state="finished"), ValueError),
+        (lambda c: c.list_jobs(state=int), TypeError),
+        (lambda c: c.list_jobs(limit=-1), ValueError),
+        (lambda c: c.pause_queue(3), TypeError),
+    ],
+)
+async def test_client_bad_input_changes_nothing(
+    storage: Storage, call: Callable[[Client], Any], error: type[Exception]
+) -> None:
+    client = client_of(storage)
+    await client.set_queue_limits("q", max_running=3)
+    before = (await storage.list_jobs(), await client.queues())
+    with pytest.raises(error):
+        await call(client)
+    assert (await storage.list_jobs(), await client.queues()) == before
+
+
+def test_job_new_makes_scheduled_jobs_and_checks_progress() -> None:
+    now = utcnow()
+    job = Job.new("m", 1, delay=10, now=now)
+    assert job.state == Scheduled(now + timedelta(seconds=10))
+    assert Job.new("m", 1, run_at=now - timedelta(1), now=now).state == Enqueued(now)
+    with pytest.raises(ValueError, match="fraction"):
+        Progress(1.5)
+    with pytest.raises(TypeError):
+        Progress(0.5, 3)  # type: ignore[arg-type]

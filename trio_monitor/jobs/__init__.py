@@ -7,8 +7,10 @@ tests.
 """
 
 from .._public import document_as_public
+from ._client import Client
 from ._clock import TrioWallClock, WallClock
 from ._model import (
+    Aborted,
     AwaitingRetry,
     Deleted,
     Enqueued,
@@ -16,6 +18,8 @@ from ._model import (
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     Scheduled,
     ServerInfo,
@@ -36,7 +40,9 @@ from ._storage import (
 from ._workers import WorkerContext, WorkerRegistry
 
 __all__ = [
+    "Aborted",
     "AwaitingRetry",
+    "Client",
     "Deleted",
     "Enqueued",
     "Failed",
@@ -44,6 +50,8 @@ __all__ = [
     "JobServer",
     "JobState",
     "Processing",
+    "Progress",
+    "QueueInfo",
     "RecurringJob",
     "RetryPolicy",
     "Scheduled",

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, cast
 
 import attrs
 
+from .._validate import MAX_SECONDS, check_fraction, check_seconds, check_str
+
 __all__ = [
+    "LIVE_STATE_NAMES",
+    "Aborted",
     "AwaitingRetry",
     "Deleted",
     "Enqueued",
@@ -24,12 +29,17 @@ __all__ = [
     "Job",
     "JobState",
     "Processing",
+    "Progress",
+    "QueueInfo",
     "RecurringJob",
     "Scheduled",
     "ServerInfo",
     "Succeeded",
     "Transition",
     "Transitioned",
+    "check_headers",
+    "check_key",
+    "check_timeout",
     "decode_state",
     "dump_json",
     "encode_state",
@@ -112,11 +122,14 @@ class Succeeded:
     Attributes:
       result (object): The worker's JSON-serialisable return value (or None).
       duration (float): Seconds the worker ran.
+      finished_at (datetime): When it finished (aware UTC; default now).
+        Not compared by ``==``: two outcomes are equal when they say the same.
     """
 
     name: ClassVar[str] = "succeeded"
     result: Any
     duration: float
+    finished_at: datetime = attrs.field(factory=utcnow, converter=_aware, eq=False)
 
 
 @attrs.frozen
@@ -125,10 +138,13 @@ class Failed:
 
     Attributes:
       error (str): Why, as text.
+      finished_at (datetime): When it finished (aware UTC; default now).
+        Not compared by ``==``: two outcomes are equal when they say the same.
     """
 
     name: ClassVar[str] = "failed"
     error: str
+    finished_at: datetime = attrs.field(factory=utcnow, converter=_aware, eq=False)
 
 
 @attrs.frozen
@@ -152,13 +168,43 @@ class Deleted:
     name: ClassVar[str] = "deleted"
 
 
+@attrs.frozen
+class Aborted:
+    """Stopped by request (:meth:`Client.abort <trio_monitor.jobs.Client.abort>`); never retried.
+
+    Attributes:
+      reason (str): Why, as the aborting caller gave it.
+      finished_at (datetime): When it became Aborted (aware UTC; default now;
+        not compared by ``==``).
+    """
+
+    name: ClassVar[str] = "aborted"
+    reason: str = "aborted"
+    finished_at: datetime = attrs.field(factory=utcnow, converter=_aware, eq=False)
+
+
 #: Any job state.
-JobState = Enqueued | Scheduled | Processing | Succeeded | Failed | AwaitingRetry | Deleted
+JobState = (
+    Enqueued | Scheduled | Processing | Succeeded | Failed | AwaitingRetry | Deleted | Aborted
+)
 
 _STATE_CLASSES: dict[str, type[JobState]] = {
     cls.name: cls
-    for cls in (Enqueued, Scheduled, Processing, Succeeded, Failed, AwaitingRetry, Deleted)
+    for cls in (
+        Enqueued,
+        Scheduled,
+        Processing,
+        Succeeded,
+        Failed,
+        AwaitingRetry,
+        Deleted,
+        Aborted,
+    )
 }
+
+#: The states in which a job is *live*: it will run, or runs now. A
+#: ``unique_key`` is held by at most one live job.
+LIVE_STATE_NAMES: tuple[str, ...] = ("enqueued", "scheduled", "awaiting_retry", "processing")
 
 
 # Per state class: its fields in order, and whether each is a datetime.
@@ -210,6 +256,63 @@ def decode_state(name: str, data: str) -> JobState:
     return cls(**fields)
 
 
+def _fraction(value: object) -> float:
+    return check_fraction("fraction", value)
+
+
+def _check_message(_: object, __: object, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"progress message must be a str or None, not {value!r}")
+
+
+@attrs.frozen
+class Progress:
+    """How far a running job says it is (``ctx.report_progress``).
+
+    Attributes:
+      fraction (float): Done so far, in ``[0, 1]``.
+      message (str | None): What it is doing, for people.
+    """
+
+    fraction: float = attrs.field(converter=_fraction)
+    message: str | None = attrs.field(default=None, validator=_check_message)
+
+
+def check_headers(value: object) -> dict[str, str]:
+    """``value`` as a fresh ``dict[str, str]`` (None: empty); TypeError naming the bad entry."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, not {value!r}")
+    headers: dict[str, str] = {}
+    items: Mapping[object, object] = cast(Mapping[object, object], value)
+    for key, item in items.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise TypeError(f"headers must map str to str, got {key!r}: {item!r}")
+        headers[key] = item
+    return headers
+
+
+def check_timeout(value: object) -> float | None:
+    """A job's ``timeout``: None, or positive finite seconds (at most ``MAX_SECONDS``)."""
+    if value is None:
+        return None
+    return check_seconds("timeout", value, positive=True, maximum=MAX_SECONDS)
+
+
+def check_key(name: str, value: object) -> str | None:
+    """A ``unique_key`` or ``lock``: None or a non-empty str."""
+    return None if value is None else check_str(name, value)
+
+
+def _priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"priority must be an int, not {value!r}")
+    if not -(2**31) <= value < 2**31:
+        raise ValueError(f"priority must fit in 32 bits (-2**31 to 2**31 - 1), got {value}")
+    return value
+
+
 @attrs.define
 class Job:
     """A unit of persistent background work.
@@ -227,6 +330,16 @@ class Job:
         states only).
       version (int): Storage revision, bumped on every stored change and
         used for compare-and-swap. Set by storage; leave it alone.
+      headers (dict[str, str]): Carried from enqueue to the worker
+        (trace context, tenant, request id).
+      timeout (float | None): Seconds one attempt may run; beats the
+        method's and the server's ``job_timeout``.
+      unique_key (str | None): While a live job (Enqueued, Scheduled,
+        AwaitingRetry, Processing) has this key, enqueueing another stores
+        nothing and returns the live job's id.
+      lock (str | None): At most one job with this lock is Processing at
+        any moment, across all servers.
+      progress (Progress | None): What the running job last reported.
     """
 
     id: str
@@ -239,6 +352,11 @@ class Job:
     state: JobState = attrs.field(factory=Enqueued)
     expires_at: datetime | None = None
     version: int = 0
+    headers: dict[str, str] = attrs.field(factory=dict[str, str])
+    timeout: float | None = None
+    unique_key: str | None = None
+    lock: str | None = None
+    progress: Progress | None = None
 
     @classmethod
     def new(
@@ -248,11 +366,46 @@ class Job:
         queue: str = "default",
         priority: int = 0,
         *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        unique_key: str | None = None,
+        lock: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
         now: datetime | None = None,
     ) -> Job:
-        """A fresh :class:`Enqueued` job with a new id, created ``now`` (default: wall clock)."""
+        """A fresh job with a new id, created ``now`` (default: wall clock).
+
+        It is :class:`Enqueued`, or :class:`Scheduled` when ``delay``
+        (seconds from ``now``) or ``run_at`` (an aware datetime) is given
+        (not both). Every argument is checked here, before anything is
+        stored: :class:`TypeError` for a wrong type, :class:`ValueError` for
+        a value out of range, naming the argument. The payload is checked
+        for JSON when it is stored.
+        """
+        check_str("method", method)
+        check_str("queue", queue)
+        _priority(priority)
+        checked_headers = check_headers(headers)
+        checked_timeout = check_timeout(timeout)
+        check_key("unique_key", unique_key)
+        check_key("lock", lock)
         if now is None:
             now = utcnow()
+        state: JobState = Enqueued(now)
+        if delay is not None and run_at is not None:
+            raise ValueError("give delay or run_at, not both")
+        if delay is not None:
+            seconds = check_seconds("delay", delay, maximum=MAX_SECONDS)
+            if seconds > 0:
+                state = Scheduled(now + timedelta(seconds=seconds))
+        elif run_at is not None:
+            if not isinstance(run_at, datetime):
+                raise TypeError(f"run_at must be a datetime, not {run_at!r}")
+            if run_at.tzinfo is None:
+                raise ValueError(f"run_at must be timezone-aware, got naive {run_at!r}")
+            if run_at > now:
+                state = Scheduled(run_at)
         return cls(
             id=str(uuid.uuid4()),
             method=method,
@@ -260,8 +413,33 @@ class Job:
             queue=queue,
             priority=priority,
             created_at=now,
-            state=Enqueued(now),
+            state=state,
+            headers=checked_headers,
+            timeout=checked_timeout,
+            unique_key=unique_key,
+            lock=lock,
         )
+
+
+@attrs.frozen
+class QueueInfo:
+    """A queue as :meth:`Client.queues <trio_monitor.jobs.Client.queues>` reports it.
+
+    Attributes:
+      name (str): The queue.
+      paused (bool): Whether servers start nothing from it.
+      max_running (int | None): At most this many of its jobs Processing at
+        once (None: no cap).
+      rate (tuple[int, float] | None): ``(n, seconds)``: at most ``n`` of its
+        jobs start in any ``seconds``-long window (None: no cap).
+      counts (dict[str, int]): Its jobs per state name.
+    """
+
+    name: str
+    paused: bool = False
+    max_running: int | None = None
+    rate: tuple[int, float] | None = None
+    counts: dict[str, int] = attrs.field(factory=dict[str, int])
 
 
 @attrs.frozen
@@ -305,6 +483,7 @@ class RecurringJob:
       queue (str): Queue of the jobs it makes.
       next_run_at (datetime): The next occurrence not yet enqueued.
       priority (int): Priority of the jobs it makes.
+      timezone (str): IANA zone the cron is evaluated in (default UTC).
     """
 
     id: str
@@ -314,6 +493,7 @@ class RecurringJob:
     queue: str
     next_run_at: datetime
     priority: int = 0
+    timezone: str = "UTC"
 
 
 @attrs.define

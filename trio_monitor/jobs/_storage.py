@@ -23,15 +23,25 @@ import importlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Final, Protocol, cast, runtime_checkable
+from typing import Final, Literal, Protocol, cast, runtime_checkable
 
 import attrs
 import trio
 
-from ._model import Job, JobState, RecurringJob, ServerInfo, Transition, Transitioned
+from ._model import (
+    Job,
+    JobState,
+    Progress,
+    QueueInfo,
+    RecurringJob,
+    ServerInfo,
+    Transition,
+    Transitioned,
+)
 
 __all__ = [
     "BACKENDS",
+    "AbortOutcome",
     "NextRun",
     "SchemaStatus",
     "SchemaVersionError",
@@ -41,8 +51,10 @@ __all__ = [
     "open_storage",
 ]
 
-#: ``next_run(cron, after)``: the first occurrence of ``cron`` strictly after ``after``.
-NextRun = Callable[[str, datetime], datetime]
+#: ``next_run(cron, after)``: the first occurrence of ``cron`` strictly after
+#: ``after``. For a template whose ``timezone`` is not ``"UTC"`` storage calls
+#: ``next_run(cron, after, timezone)`` (the cron evaluated in that IANA zone).
+NextRun = Callable[..., datetime]
 
 #: URL scheme -> the module implementing it (imported when first opened).
 BACKENDS: Final[dict[str, str]] = {
@@ -51,6 +63,12 @@ BACKENDS: Final[dict[str, str]] = {
     "postgresql": "trio_monitor.jobs._backends._postgres",
     "postgres": "trio_monitor.jobs._backends._postgres",
 }
+
+#: What :meth:`Storage.abort` did: ``"aborted"`` (it was Enqueued, Scheduled
+#: or AwaitingRetry and is Aborted now), ``"requested"`` (it is Processing:
+#: the abort flag is set, and the server running it must cancel it),
+#: ``"finished"`` (already terminal: nothing changed), ``"missing"`` (no such job).
+AbortOutcome = Literal["aborted", "requested", "finished", "missing"]
 
 _URL_FORMS = "memory://, sqlite:///path/to/jobs.db, postgresql://user@host:port/db"
 
@@ -113,6 +131,11 @@ class Storage(Protocol):
     async def enqueue(self, job: Job) -> str:
         """Store ``job`` as given (any state) and return its id.
 
+        If ``job.unique_key`` is set and a live job (Enqueued, Scheduled,
+        AwaitingRetry or Processing) holds that key, nothing is stored and
+        that job's id is returned. The database decides (a partial unique
+        index), so this holds across processes.
+
         Raises :class:`TypeError` if the payload is not JSON-serialisable
         (nothing is stored) and :class:`ValueError` if the id exists or the
         priority is outside the 32-bit signed range.
@@ -122,7 +145,12 @@ class Storage(Protocol):
         ...
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        """:meth:`enqueue` several jobs in one atomic round trip."""
+        """:meth:`enqueue` several jobs in one transaction: all or nothing.
+
+        Slot ``i`` of the result is the id stored for ``jobs[i]``, or the id
+        of the live job that already held its ``unique_key`` (an earlier job
+        of the same call included).
+        """
         ...
 
     async def get(self, job_id: str) -> Job | None:
@@ -130,13 +158,31 @@ class Storage(Protocol):
         ...
 
     async def list_jobs(
-        self, *, state: type[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        state: type[JobState] | None = None,
+        queue: str | None = None,
+        method: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        newest_first: bool = False,
     ) -> list[Job]:
-        """Jobs in creation order, optionally only those in ``state``."""
+        """Jobs in creation order (newest first if ``newest_first``), filtered.
+
+        ``before`` (only with ``newest_first``) is a job id: only jobs
+        created before that one are listed, which pages through any number
+        of jobs by keyset (pass the last id of one page to get the next).
+        An unknown ``before`` id lists nothing. TypeError for a ``state``
+        that is not a state class.
+        """
         ...
 
     async def count_by_state(self) -> dict[str, int]:
         """How many jobs there are in each state, keyed by state ``name``."""
+        ...
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs there are per ``(queue, state name)``; absent pairs are 0."""
         ...
 
     async def claim(
@@ -153,7 +199,89 @@ class Storage(Protocol):
         The i-th claimed job becomes ``Processing(now, worker_ids[i],
         server_name)`` with ``attempts + 1``. Returns the claimed jobs as
         stored now.
+
+        Flow control is decided in the same transaction, so it holds across
+        every server: nothing starts from a paused queue; a queue's
+        ``max_running`` counts its Processing jobs; its ``rate=(n, s)``
+        counts the jobs started in the last ``s`` seconds before ``now``;
+        a job whose ``lock`` is held by a Processing job is skipped (and a
+        batch takes at most one job per lock). Skipped jobs keep their
+        place: the order is still priority, then age.
         """
+        ...
+
+    # -- job control -----------------------------------------------------
+
+    async def abort(self, job_id: str, reason: str, now: datetime) -> AbortOutcome:
+        """Abort a job; see :data:`AbortOutcome` for what each answer means.
+
+        A queued job becomes ``Aborted(reason, now)`` at once (version
+        bumped). A Processing job keeps its state and version (so the
+        server's compare-and-swap to Aborted still works) and gets its abort
+        flag; waiters of :meth:`wait_for_abort` are woken (in this process,
+        and on PostgreSQL in every process).
+        """
+        ...
+
+    async def aborts_requested(self, server_name: str) -> list[tuple[str, str]]:
+        """``(job id, reason)`` of the Processing jobs of ``server_name`` whose abort is requested.
+
+        ``server_name`` is :attr:`Processing.server_name` (the server's
+        identity). A job's flag is cleared when it leaves Processing.
+        """
+        ...
+
+    async def wait_for_abort(self) -> None:
+        """Return when an abort may have been requested (then call :meth:`aborts_requested`).
+
+        Like :meth:`wait_for_work`: spurious wake-ups are allowed, the caller
+        bounds the wait and polls (SQLite across processes has no push).
+        """
+        ...
+
+    async def wait_for_finish(self) -> None:
+        """Return when a job may have become terminal (Succeeded, Failed, Aborted, Deleted).
+
+        Push in this process and on PostgreSQL (``trio_monitor_finished``);
+        spurious wake-ups are allowed; the caller bounds the wait and polls.
+        """
+        ...
+
+    async def retry(self, job_id: str, now: datetime) -> bool:
+        """A Failed or Aborted job back to ``Enqueued(now)`` with attempts 0; False otherwise."""
+        ...
+
+    async def delete(self, job_id: str, now: datetime) -> bool:
+        """Mark a job :class:`Deleted`; False if it is unknown or already Deleted.
+
+        A Processing job can't be taken from its worker this way: its abort
+        is requested (reason ``"deleted"``, as :meth:`abort`), it ends
+        Aborted, and it stays listed until deleted again or expired.
+        """
+        ...
+
+    async def set_progress(self, job_id: str, progress: Progress) -> bool:
+        """Store a Processing job's progress without bumping its version; False otherwise."""
+        ...
+
+    # -- queues ----------------------------------------------------------
+
+    async def pause_queue(self, name: str) -> None:
+        """Make every server start nothing from ``name`` until :meth:`resume_queue`."""
+        ...
+
+    async def resume_queue(self, name: str) -> None:
+        """Undo :meth:`pause_queue` (no error if it was not paused)."""
+        ...
+
+    async def set_queue_limits(
+        self, name: str, max_running: int | None, rate: tuple[int, float] | None
+    ) -> None:
+        """Store a queue's limits (None: no limit); checked values only (see ``Client``)."""
+        ...
+
+    async def list_queues(self) -> list[QueueInfo]:
+        """Every queue that has jobs or stored settings, by name."""
         ...
 
     async def apply(self, transitions: Sequence[Transition]) -> list[Job | None]:

@@ -16,26 +16,40 @@ from datetime import datetime
 import trio
 
 from .._model import (
+    LIVE_STATE_NAMES,
+    Aborted,
+    Deleted,
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     ServerInfo,
     Transition,
     Transitioned,
     decode_state,
 )
-from .._storage import NextRun, SchemaStatus
+from .._storage import AbortOutcome, NextRun, SchemaStatus
 from ._rows import (
+    QUEUED,
+    TERMINAL,
+    Admission,
     InsertRow,
+    QueueRow,
     RecurringRow,
     ServerRow,
+    aborted_requeue_columns,
     check_state_class,
+    default_queue,
     identity,
     insert_row,
     job_from_row,
     next_occurrence,
     occurrence,
+    progress_json,
+    queue_infos,
+    rate_window_start,
     recurring_row,
     requeue_columns,
     server_row,
@@ -84,7 +98,12 @@ class MemoryStorage:
         self._jobs: dict[str, InsertRow] = {}
         self._servers: dict[str, ServerRow] = {}
         self._recurring: dict[str, RecurringRow] = {}
+        self._queues: dict[str, QueueRow] = {}
+        # Per rate-limited queue: when its jobs started (pruned to the window).
+        self._starts: dict[str, list[datetime]] = {}
         self._wakeup = WakeUp()
+        self._aborts = WakeUp()
+        self._finished = WakeUp()
         self._closed = False
 
     def _check_open(self) -> None:
@@ -107,10 +126,19 @@ class MemoryStorage:
         for job_id in ids:
             if job_id in self._jobs:
                 raise ValueError(f"a job with id {job_id!r} already exists")
-        for row in rows:
+        stored: list[InsertRow] = []
+        for index, row in enumerate(rows):
+            if row.unique_key is not None and row.state in LIVE_STATE_NAMES:
+                holder = self._live_holder(row.unique_key)
+                if holder is not None:
+                    ids[index] = holder
+                    continue
             self._jobs[row.id] = row
-        if any(row.state == "enqueued" for row in rows):
+            stored.append(row)
+        if any(row.state == "enqueued" for row in stored):
             self._wakeup.notify()
+        if any(row.state in TERMINAL for row in stored):
+            self._finished.notify()
         return ids
 
     async def enqueue(self, job: Job) -> str:
@@ -127,11 +155,30 @@ class MemoryStorage:
         return None if row is None else _job(row)
 
     async def list_jobs(
-        self, *, state: type[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        state: type[JobState] | None = None,
+        queue: str | None = None,
+        method: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        newest_first: bool = False,
     ) -> list[Job]:
         await self._enter()
         name = None if state is None else check_state_class(state)
-        found = [row for row in self._jobs.values() if name is None or row.state == name]
+        rows = list(self._jobs.values())
+        if newest_first:
+            rows.reverse()
+            if before is not None:
+                ids = [row.id for row in rows]
+                rows = rows[ids.index(before) + 1 :] if before in ids else []
+        found = [
+            row
+            for row in rows
+            if (name is None or row.state == name)
+            and (queue is None or row.queue == queue)
+            and (method is None or row.method == method)
+        ]
         return [_job(row) for row in (found[:limit] if limit is not None else found)]
 
     async def count_by_state(self) -> dict[str, int]:
@@ -162,8 +209,17 @@ class MemoryStorage:
             if row.state == "enqueued" and (not wanted or row.queue in wanted)
         ]
         claimable.sort(key=lambda row: (-row.priority, order[row.id]))
+        admission = self._admission(now)
+        admitted: list[InsertRow] = []
+        for row in claimable:
+            if len(admitted) == len(worker_ids):
+                break
+            if admission.admit(row.queue, row.lock_key):
+                admitted.append(row)
+                if row.queue in self._starts or self._queue(row.queue).rate_count is not None:
+                    self._starts.setdefault(row.queue, []).append(utc(now))
         claimed: list[Job] = []
-        for row, worker_id in zip(claimable, worker_ids, strict=False):
+        for row, worker_id in zip(admitted, worker_ids, strict=False):
             columns, state = state_update(Processing(utc(now), worker_id, server_name), identity)
             new = self._jobs[row.id] = row._replace(
                 **columns, attempts=row.attempts + 1, version=row.version + 1
@@ -176,7 +232,7 @@ class MemoryStorage:
         # Encode every new state first, so a bad one changes nothing.
         changes = [transition_columns(t, identity) for t in transitions]
         results: list[Job | None] = []
-        wake = False
+        wake = finished = False
         for transition, (columns, state) in zip(transitions, changes, strict=True):
             row = self._jobs.get(transition.job_id)
             if row is None or row.version != transition.expected_version:
@@ -186,19 +242,26 @@ class MemoryStorage:
                 columns = {**columns, "attempts": row.attempts}
             new = self._jobs[row.id] = row._replace(**columns, version=row.version + 1)
             wake = wake or new.state == "enqueued"
+            finished = finished or new.state in TERMINAL
             results.append(job_from_row(new.job_row(), identity, state))
         if wake:
             self._wakeup.notify()
+        if finished:
+            self._finished.notify()
         return results
 
     def _requeue(self, rows: list[InsertRow], now: datetime) -> list[Transitioned]:
         columns = requeue_columns(now, identity)
         changed: list[Transitioned] = []
         for row in rows:
-            new = self._jobs[row.id] = row._replace(**columns, version=row.version + 1)
+            change = columns
+            if row.abort_reason is not None:
+                change = aborted_requeue_columns(row.abort_reason, now, identity)
+            new = self._jobs[row.id] = row._replace(**change, version=row.version + 1)
             changed.append(Transitioned(_job(new), decode_state(row.state, row.state_data)))
         if changed:
             self._wakeup.notify()
+            self._finished.notify()
         return changed
 
     async def promote_due(self, now: datetime) -> list[Transitioned]:
@@ -238,6 +301,138 @@ class MemoryStorage:
     async def wait_for_work(self) -> None:
         self._check_open()
         await self._wakeup.wait()
+
+    # -- job control -----------------------------------------------------
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        await self._enter()
+        return self._counts()
+
+    def _counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for row in self._jobs.values():
+            key = (row.queue, row.state)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    async def abort(self, job_id: str, reason: str, now: datetime) -> AbortOutcome:
+        await self._enter()
+        row = self._jobs.get(job_id)
+        if row is None:
+            return "missing"
+        if row.state in QUEUED:
+            columns, _ = state_update(Aborted(reason, utc(now)), identity)
+            self._jobs[job_id] = row._replace(**columns, version=row.version + 1)
+            self._finished.notify()
+            return "aborted"
+        if row.state == "processing":
+            self._jobs[job_id] = row._replace(abort_reason=reason)
+            self._aborts.notify()
+            return "requested"
+        return "finished"
+
+    async def aborts_requested(self, server_name: str) -> list[tuple[str, str]]:
+        await self._enter()
+        return [
+            (row.id, row.abort_reason)
+            for row in self._jobs.values()
+            if row.state == "processing"
+            and row.server_name == server_name
+            and row.abort_reason is not None
+        ]
+
+    async def wait_for_abort(self) -> None:
+        self._check_open()
+        await self._aborts.wait()
+
+    async def wait_for_finish(self) -> None:
+        self._check_open()
+        await self._finished.wait()
+
+    async def retry(self, job_id: str, now: datetime) -> bool:
+        await self._enter()
+        row = self._jobs.get(job_id)
+        if row is None or row.state not in ("failed", "aborted"):
+            return False
+        if row.unique_key is not None and self._live_holder(row.unique_key) is not None:
+            return False
+        columns = requeue_columns(now, identity)
+        self._jobs[job_id] = row._replace(**columns, attempts=0, version=row.version + 1)
+        self._wakeup.notify()
+        return True
+
+    async def delete(self, job_id: str, now: datetime) -> bool:
+        await self._enter()
+        row = self._jobs.get(job_id)
+        if row is None or row.state == "deleted":
+            return False
+        if row.state == "processing":
+            self._jobs[job_id] = row._replace(abort_reason="deleted")
+            self._aborts.notify()
+            return True
+        columns, _ = state_update(Deleted(), identity)
+        self._jobs[job_id] = row._replace(**columns, version=row.version + 1)
+        self._finished.notify()
+        return True
+
+    async def set_progress(self, job_id: str, progress: Progress) -> bool:
+        text = progress_json(progress)
+        await self._enter()
+        row = self._jobs.get(job_id)
+        if row is None or row.state != "processing":
+            return False
+        self._jobs[job_id] = row._replace(progress=text)
+        return True
+
+    async def pause_queue(self, name: str) -> None:
+        await self._enter()
+        self._queues[name] = self._queue(name)._replace(paused=True)
+
+    async def resume_queue(self, name: str) -> None:
+        await self._enter()
+        self._queues[name] = self._queue(name)._replace(paused=False)
+        self._wakeup.notify()
+
+    async def set_queue_limits(
+        self, name: str, max_running: int | None, rate: tuple[int, float] | None
+    ) -> None:
+        await self._enter()
+        count, seconds = (None, None) if rate is None else rate
+        self._queues[name] = self._queue(name)._replace(
+            max_running=max_running, rate_count=count, rate_seconds=seconds
+        )
+        self._wakeup.notify()
+
+    async def list_queues(self) -> list[QueueInfo]:
+        await self._enter()
+        return queue_infos(self._queues.values(), self._counts())
+
+    def _queue(self, name: str) -> QueueRow:
+        return self._queues.get(name) or default_queue(name)
+
+    def _live_holder(self, unique_key: str) -> str | None:
+        for row in self._jobs.values():
+            if row.unique_key == unique_key and row.state in LIVE_STATE_NAMES:
+                return row.id
+        return None
+
+    def _admission(self, now: datetime) -> Admission:
+        settings = {name: row for name, row in self._queues.items() if row.limits_claims}
+        running: dict[str, int] = {}
+        held: set[str] = set()
+        for row in self._jobs.values():
+            if row.state == "processing":
+                running[row.queue] = running.get(row.queue, 0) + 1
+                if row.lock_key is not None:
+                    held.add(row.lock_key)
+        started: dict[str, int] = {}
+        for name, queue in settings.items():
+            start = rate_window_start(queue, now)
+            log = self._starts.get(name, [])
+            if start is not None:
+                log = self._starts[name] = [at for at in log if at > start]
+                started[name] = len(log)
+        return Admission(settings, running, started, held)
 
     # -- servers ---------------------------------------------------------
 
@@ -318,5 +513,7 @@ class MemoryStorage:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._aborts.notify()
+        self._finished.notify()
         self._wakeup.notify()  # waiters return, and their next call is refused
         await trio.lowlevel.checkpoint()

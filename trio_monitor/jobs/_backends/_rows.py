@@ -23,10 +23,13 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple, TypeVar
 
+from ..._validate import check_str
 from .._model import (
+    LIVE_STATE_NAMES,
+    Aborted,
     AwaitingRetry,
     Deleted,
     Enqueued,
@@ -34,11 +37,16 @@ from .._model import (
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     Scheduled,
     ServerInfo,
     Succeeded,
     Transition,
+    check_headers,
+    check_key,
+    check_timeout,
     decode_state,
     dump_json,
     stored_state,
@@ -47,6 +55,16 @@ from .._storage import NextRun
 
 __all__ = [
     "JOB_COLUMNS",
+    "LIVE_SQL",
+    "QUEUED",
+    "TERMINAL",
+    "QUEUE_COLUMNS",
+    "Admission",
+    "QueueRow",
+    "aborted_requeue_columns",
+    "default_queue",
+    "queue_infos",
+    "rate_window_start",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "RECURRING_COLUMNS",
@@ -64,6 +82,8 @@ __all__ = [
     "job_from_row",
     "next_occurrence",
     "occurrence",
+    "progress_from_json",
+    "progress_json",
     "recurring_row",
     "requeue_columns",
     "server_row",
@@ -91,6 +111,7 @@ STATE_CLASSES: Final[tuple[type[JobState], ...]] = (
     Failed,
     AwaitingRetry,
     Deleted,
+    Aborted,
 )
 
 
@@ -183,6 +204,12 @@ class JobRow(NamedTuple):
     state_data: str
     expires_at: Any
     version: int
+    headers: str
+    timeout: float | None
+    unique_key: str | None
+    lock_key: str | None
+    progress: str | None
+    abort_reason: str | None
 
 
 #: The columns of :class:`JobRow`, in order, for SELECT lists.
@@ -209,7 +236,25 @@ def job_from_row(
         state=decode_state(r.state, r.state_data) if state is None else state,
         expires_at=None if r.expires_at is None else when(r.expires_at),
         version=r.version,
+        headers=json.loads(r.headers) if r.headers else {},
+        timeout=r.timeout,
+        unique_key=r.unique_key,
+        lock=r.lock_key,
+        progress=None if r.progress is None else progress_from_json(r.progress),
     )
+
+
+def progress_json(progress: Progress | None) -> str | None:
+    """The stored form of a job's progress (JSON text, or NULL)."""
+    if progress is None:
+        return None
+    return dump({"fraction": progress.fraction, "message": progress.message}, "progress")
+
+
+def progress_from_json(text: str) -> Progress:
+    """The inverse of :func:`progress_json`."""
+    data = json.loads(text)
+    return Progress(data["fraction"], data.get("message"))
 
 
 class InsertRow(NamedTuple):
@@ -229,6 +274,12 @@ class InsertRow(NamedTuple):
     server_name: str | None
     expires_at: Any
     version: int
+    headers: str
+    timeout: float | None
+    unique_key: str | None
+    lock_key: str | None
+    progress: str | None
+    abort_reason: str | None
 
     def job_row(self) -> JobRow:
         """The columns of this row that :func:`job_from_row` reads."""
@@ -244,6 +295,12 @@ class InsertRow(NamedTuple):
             self.state_data,
             self.expires_at,
             self.version,
+            self.headers,
+            self.timeout,
+            self.unique_key,
+            self.lock_key,
+            self.progress,
+            self.abort_reason,
         )
 
 
@@ -272,6 +329,12 @@ def insert_row(job: Job, stamp: Callable[[datetime], Any]) -> InsertRow:
         server_name=columns.server_name,
         expires_at=None if job.expires_at is None else stamp(utc(job.expires_at)),
         version=job.version,
+        headers=dump(check_headers(job.headers), "headers"),
+        timeout=check_timeout(job.timeout),
+        unique_key=check_key("unique_key", job.unique_key),
+        lock_key=check_key("lock", job.lock),
+        progress=progress_json(job.progress),
+        abort_reason=None,
     )
 
 
@@ -286,6 +349,9 @@ def state_update(
         "due_at": None if columns.due_at is None else stamp(columns.due_at),
         "started_at": None if columns.started_at is None else stamp(columns.started_at),
         "server_name": columns.server_name,
+        # Every change of state ends a requested abort (it was carried out,
+        # or the job is no longer running).
+        "abort_reason": None,
     }, stored
 
 
@@ -297,6 +363,20 @@ def requeue_columns(now: datetime, stamp: Callable[[datetime], Any]) -> dict[str
     never delete a job that waits to run. Attempts and everything else stay.
     """
     columns, _ = state_update(Enqueued(utc(now)), stamp)
+    return {**columns, "expires_at": None}
+
+
+def aborted_requeue_columns(
+    reason: str, now: datetime, stamp: Callable[[datetime], Any]
+) -> dict[str, Any]:
+    """What a requeue writes instead for a job whose abort was requested: it ends Aborted.
+
+    A job is requeued when its server stopped, died or lost its claim; if
+    someone asked to abort it meanwhile, running it again would break the
+    promise that an aborted job does not run to completion: it becomes
+    ``Aborted(reason, now)``.
+    """
+    columns, _ = state_update(Aborted(reason, utc(now)), stamp)
     return {**columns, "expires_at": None}
 
 
@@ -368,6 +448,7 @@ class RecurringRow(NamedTuple):
     queue: str
     priority: int
     next_run_at: Any
+    timezone: str
 
     def to_recurring(self, when: Callable[[Any], datetime]) -> RecurringJob:
         """The :class:`RecurringJob` this row stores."""
@@ -379,6 +460,7 @@ class RecurringRow(NamedTuple):
             queue=self.queue,
             next_run_at=when(self.next_run_at),
             priority=self.priority,
+            timezone=self.timezone,
         )
 
 
@@ -395,6 +477,7 @@ def recurring_row(recurring: RecurringJob, stamp: Callable[[datetime], Any]) -> 
         queue=recurring.queue,
         priority=_check_priority(recurring.priority, "RecurringJob.priority"),
         next_run_at=stamp(utc(recurring.next_run_at)),
+        timezone=check_str("RecurringJob.timezone", recurring.timezone),
     )
 
 
@@ -406,7 +489,9 @@ def next_occurrence(template: RecurringRow, now: datetime, next_run: NextRun) ->
     as it is (it is tried again at the next poll).
     """
     try:
-        return utc(next_run(template.cron, now))
+        if template.timezone == "UTC":
+            return utc(next_run(template.cron, now))
+        return utc(next_run(template.cron, now, template.timezone))
     except Exception:
         logger.exception(
             "recurring job %r has a schedule that can't be evaluated (%r); skipped",
@@ -429,3 +514,108 @@ def occurrence(template: RecurringRow, now: datetime) -> Job:
         created_at=now,
         state=Enqueued(now),
     )
+
+
+# -- queues and flow control -----------------------------------------------
+
+#: States an abort ends at once (the job has not started).
+QUEUED: Final = ("enqueued", "scheduled", "awaiting_retry")
+#: Terminal states (what ``Client.wait`` waits for).
+TERMINAL: Final = ("succeeded", "failed", "aborted", "deleted")
+
+#: State names of live jobs (hold their ``unique_key``), as an SQL list.
+LIVE_SQL: Final = ", ".join(f"'{name}'" for name in LIVE_STATE_NAMES)
+
+
+class QueueRow(NamedTuple):
+    """A queue's stored settings (:data:`QUEUE_COLUMNS`)."""
+
+    name: str
+    paused: bool
+    max_running: int | None
+    rate_count: int | None
+    rate_seconds: float | None
+
+    @property
+    def limits_claims(self) -> bool:
+        """Whether a claim from this queue must look at the settings at all."""
+        return bool(self.paused) or self.max_running is not None or self.rate_count is not None
+
+    def info(self, counts: dict[str, int]) -> QueueInfo:
+        """The :class:`QueueInfo` of this queue with its job ``counts``."""
+        rate = None
+        if self.rate_count is not None and self.rate_seconds is not None:
+            rate = (self.rate_count, self.rate_seconds)
+        return QueueInfo(self.name, bool(self.paused), self.max_running, rate, counts)
+
+
+QUEUE_COLUMNS: Final = ", ".join(QueueRow._fields)
+
+
+def default_queue(name: str) -> QueueRow:
+    """The settings of a queue nobody configured: running, no limits."""
+    return QueueRow(name, False, None, None, None)
+
+
+def queue_infos(
+    settings: Iterable[QueueRow], counts: dict[tuple[str, str], int]
+) -> list[QueueInfo]:
+    """Every queue with settings or jobs, by name (what ``list_queues`` returns)."""
+    rows = {row.name: row for row in settings}
+    per_queue: dict[str, dict[str, int]] = {}
+    for (queue, state), n in counts.items():
+        per_queue.setdefault(queue, {})[state] = n
+    names = sorted(set(rows) | set(per_queue))
+    return [rows.get(name, default_queue(name)).info(per_queue.get(name, {})) for name in names]
+
+
+class Admission:
+    """Which claimable jobs a claim may start, in claim order: the flow-control rules.
+
+    Built, inside the claim's transaction, from the settings of the queues
+    concerned, how many of their jobs are Processing, how many started in
+    each rate window, and which locks Processing jobs hold. :meth:`admit`
+    is then asked about each candidate in priority-then-age order; a job
+    refused keeps its place for the next claim.
+    """
+
+    __slots__ = ("_held", "_running", "_settings", "_started")
+
+    def __init__(
+        self,
+        settings: dict[str, QueueRow],
+        running: dict[str, int],
+        started: dict[str, int],
+        held_locks: set[str],
+    ) -> None:
+        self._settings = settings
+        self._running = dict(running)
+        self._started = dict(started)
+        self._held = set(held_locks)
+
+    def admit(self, queue: str, lock_key: str | None) -> bool:
+        """Whether a job of ``queue`` holding ``lock_key`` may start; if so, count it."""
+        if lock_key is not None and lock_key in self._held:
+            return False
+        settings = self._settings.get(queue)
+        if settings is not None:
+            if settings.paused:
+                return False
+            running = self._running.get(queue, 0)
+            if settings.max_running is not None and running >= settings.max_running:
+                return False
+            started = self._started.get(queue, 0)
+            if settings.rate_count is not None and started >= settings.rate_count:
+                return False
+            self._running[queue] = running + 1
+            self._started[queue] = started + 1
+        if lock_key is not None:
+            self._held.add(lock_key)
+        return True
+
+
+def rate_window_start(settings: QueueRow, now: datetime) -> datetime | None:
+    """The start (exclusive) of the rate window ending at ``now``, or None without a rate."""
+    if settings.rate_seconds is None or settings.rate_count is None:
+        return None
+    return utc(now) - timedelta(seconds=settings.rate_seconds)

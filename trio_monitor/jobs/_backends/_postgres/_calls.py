@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Generic, TypeAlias, TypeVar
 
@@ -234,19 +234,26 @@ class CallRunner:
 class Listener:
     """A thread that LISTENs on ``channel`` and calls ``on_notify()`` in Trio.
 
-    ``on_notify`` runs in the Trio thread, once per burst of notifications,
-    and once after every reconnection. Create it inside the Trio run; call
-    :meth:`start`, then :meth:`wait_ready`, and at the end :meth:`aclose`
-    (which needs a way to send one NOTIFY: ``notify(channel)``, blocking).
+    ``more`` maps further channels to their own callbacks (one connection
+    listens to them all). A callback runs in the Trio thread, once per burst
+    of notifications on its channel, and once after every reconnection.
+    Create it inside the Trio run; call :meth:`start`, then
+    :meth:`wait_ready`, and at the end :meth:`aclose` (which needs a way
+    to send one NOTIFY: ``notify(channel)``, blocking).
     """
 
-    def __init__(self, conninfo: str, channel: str, on_notify: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        channel: str,
+        on_notify: Callable[[], None],
+        more: Mapping[str, Callable[[], None]] | None = None,
+    ) -> None:
         self._conninfo = conninfo
-        self._channel = channel
-        self._on_notify = on_notify
+        self._callbacks: dict[str, Callable[[], None]] = {channel: on_notify, **(more or {})}
         self._token = trio.lowlevel.current_trio_token()
         self._wake_lock = threading.Lock()
-        self._wake_pending = False
+        self._wake_pending: set[str] = set()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self.stop_channel = f"trio_monitor_stop_{uuid.uuid4().hex}"
@@ -278,17 +285,17 @@ class Listener:
             await trio.to_thread.run_sync(poke)
             await trio.to_thread.run_sync(self._thread.join)
 
-    def _wake_from_thread(self) -> None:
+    def _wake_from_thread(self, channel: str) -> None:
         with self._wake_lock:
-            if self._wake_pending:
+            if channel in self._wake_pending:
                 return
-            self._wake_pending = True
-        self._token.run_sync_soon(self._wake_in_trio)
+            self._wake_pending.add(channel)
+        self._token.run_sync_soon(self._wake_in_trio, channel)
 
-    def _wake_in_trio(self) -> None:
+    def _wake_in_trio(self, channel: str) -> None:
         with self._wake_lock:
-            self._wake_pending = False
-        self._on_notify()
+            self._wake_pending.discard(channel)
+        self._callbacks[channel]()
 
     def _loop(self) -> None:
         """LISTEN, wake on NOTIFY, reconnect on loss, stop when asked."""
@@ -297,21 +304,22 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
-                    for channel in (self._channel, self.stop_channel):
+                    for channel in (*self._callbacks, self.stop_channel):
                         conn.execute(
                             psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel))
                         )
                     if not first:
                         logger.info("PostgreSQL listener reconnected")
                         # Notifications sent while we were away are lost.
-                        self._wake_from_thread()
+                        for channel in self._callbacks:
+                            self._wake_from_thread(channel)
                     first = False
                     failures = 0
                     self._ready.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=_LISTEN_SLICE, stop_after=1):
-                            if note.channel == self._channel:
-                                self._wake_from_thread()
+                            if note.channel in self._callbacks:
+                                self._wake_from_thread(note.channel)
             except trio.RunFinishedError:
                 return
             except psycopg.Error as exc:

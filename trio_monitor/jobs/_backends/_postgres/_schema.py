@@ -19,9 +19,11 @@ from ..._storage import SchemaStatus, SchemaVersionError
 __all__ = [
     "JOBS",
     "MIGRATIONS",
+    "QUEUES",
     "RECURRING",
     "SCHEMA_VERSION",
     "SERVERS",
+    "STARTS",
     "VERSIONS",
     "migrate",
     "read_status",
@@ -37,6 +39,8 @@ JOBS = "trio_monitor_jobs"
 SERVERS = "trio_monitor_servers"
 RECURRING = "trio_monitor_recurring"
 VERSIONS = "trio_monitor_schema_version"
+QUEUES = "trio_monitor_queues"
+STARTS = "trio_monitor_queue_starts"
 
 # Schema migrations; the i-th entry (1-based) brings the schema to version i.
 MIGRATIONS: tuple[str, ...] = (
@@ -81,6 +85,42 @@ MIGRATIONS: tuple[str, ...] = (
         next_run_at timestamptz NOT NULL,
         priority    integer NOT NULL
     );
+    """,
+    # Version 2: job control (SPEC section 6).
+    f"""
+    ALTER TABLE {JOBS}
+        ADD COLUMN headers text NOT NULL DEFAULT '{{}}',
+        ADD COLUMN timeout double precision,
+        ADD COLUMN unique_key text,
+        ADD COLUMN lock_key text,
+        ADD COLUMN progress text,
+        ADD COLUMN abort_reason text;
+    -- Version 1 did not record when a job finished: its finished jobs get
+    -- their creation time (a lower bound) as finished_at.
+    UPDATE {JOBS} SET state_data = jsonb_set(
+        state_data::jsonb, '{{finished_at}}',
+        to_jsonb(to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))
+    )::text
+    WHERE state IN ('succeeded', 'failed');
+    CREATE UNIQUE INDEX {JOBS}_unique_live ON {JOBS} (unique_key)
+        WHERE unique_key IS NOT NULL
+        AND state IN ('enqueued', 'scheduled', 'awaiting_retry', 'processing');
+    CREATE INDEX {JOBS}_lock_held ON {JOBS} (lock_key)
+        WHERE lock_key IS NOT NULL AND state = 'processing';
+    CREATE INDEX {JOBS}_seq ON {JOBS} (seq);
+    CREATE INDEX {JOBS}_state ON {JOBS} (state, seq);
+    CREATE INDEX {JOBS}_queue ON {JOBS} (queue, state, seq);
+    CREATE INDEX {JOBS}_method ON {JOBS} (method, seq);
+    CREATE TABLE {QUEUES} (
+        name         text PRIMARY KEY,
+        paused       boolean NOT NULL DEFAULT false,
+        max_running  integer,
+        rate_count   integer,
+        rate_seconds double precision
+    );
+    CREATE TABLE {STARTS} (queue text NOT NULL, started_at timestamptz NOT NULL);
+    CREATE INDEX {STARTS}_window ON {STARTS} (queue, started_at);
+    ALTER TABLE {RECURRING} ADD COLUMN timezone text NOT NULL DEFAULT 'UTC';
     """,
 )
 

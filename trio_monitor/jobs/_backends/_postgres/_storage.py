@@ -69,22 +69,32 @@ import psycopg_pool
 import trio
 
 from ..._model import (
+    Aborted,
+    Deleted,
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     ServerInfo,
     Transition,
     Transitioned,
     decode_state,
 )
-from ..._storage import NextRun, SchemaStatus
+from ..._storage import AbortOutcome, NextRun, SchemaStatus
 from .._rows import (
     JOB_COLUMNS,
+    LIVE_SQL,
+    QUEUE_COLUMNS,
+    QUEUED,
     RECURRING_COLUMNS,
     SERVER_COLUMNS,
+    TERMINAL,
+    Admission,
     InsertRow,
     JobRow,
+    QueueRow,
     RecurringRow,
     ServerRow,
     check_state_class,
@@ -93,6 +103,9 @@ from .._rows import (
     job_from_row,
     next_occurrence,
     occurrence,
+    progress_json,
+    queue_infos,
+    rate_window_start,
     recurring_row,
     requeue_columns,
     server_row,
@@ -102,15 +115,29 @@ from .._rows import (
 )
 from .._wakeup import WakeUp
 from ._calls import CallRunner, Conn, Listener
-from ._schema import JOBS, RECURRING, SERVERS, migrate, read_status
+from ._schema import JOBS, QUEUES, RECURRING, SERVERS, STARTS, migrate, read_status
 
-__all__ = ["CHANNEL", "PostgresStorage", "open", "schema_status"]
+__all__ = [
+    "ABORT_CHANNEL",
+    "CHANNEL",
+    "FINISHED_CHANNEL",
+    "PostgresStorage",
+    "open",
+    "schema_status",
+]
 
 T = TypeVar("T")
 
 #: The LISTEN/NOTIFY channel that announces claimable work.
 CHANNEL: Final = "trio_monitor_jobs"
 _NOTIFY: Final = f"pg_notify('{CHANNEL}', '')"
+#: The channel that announces requested aborts (payload: the job id).
+ABORT_CHANNEL: Final = "trio_monitor_abort"
+#: The channel that announces jobs that became terminal.
+FINISHED_CHANNEL: Final = "trio_monitor_finished"
+_NOTIFY_FINISHED: Final = f"pg_notify('{FINISHED_CHANNEL}', '')"
+_TERMINAL_SQL: Final = ", ".join(f"'{name}'" for name in TERMINAL)
+_QUEUED_SQL: Final = ", ".join(f"'{name}'" for name in QUEUED)
 
 # Each column's SQL type, for unnest() arrays.
 _TYPES: Final[dict[str, str]] = {
@@ -128,6 +155,12 @@ _TYPES: Final[dict[str, str]] = {
     "server_name": "text",
     "expires_at": "timestamptz",
     "version": "bigint",
+    "headers": "text",
+    "timeout": "float8",
+    "unique_key": "text",
+    "lock_key": "text",
+    "progress": "text",
+    "abort_reason": "text",
     "expected": "bigint",
     "n": "int",
 }
@@ -278,8 +311,15 @@ class PostgresStorage:
         self._timeout = timeout
         self._calls = CallRunner(pool, max_size=max_size, timeout=timeout)
         self._wakeup = WakeUp()
+        self._aborts = WakeUp()
+        self._finished = WakeUp()
         self._closed = False
-        self._listener = Listener(conninfo, CHANNEL, self._wakeup.notify)
+        self._listener = Listener(
+            conninfo,
+            CHANNEL,
+            self._wakeup.notify,
+            {ABORT_CHANNEL: self._aborts.notify, FINISHED_CHANNEL: self._finished.notify},
+        )
 
     @classmethod
     async def open(cls, url: str) -> PostgresStorage:
@@ -358,30 +398,75 @@ class PostgresStorage:
         if not ids:
             await self._nothing()
             return []
+        unique = any(row["unique_key"] is not None for row in rows)
+        conflict = (
+            f"ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ({LIVE_SQL})"
+            " DO NOTHING"
+            if unique
+            else ""
+        )
         sql = _q(f"""
             WITH ins AS (
                 INSERT INTO {JOBS} ({", ".join(InsertRow._fields)})
                 SELECT * FROM {_unnest(InsertRow._fields, "v")}
-                RETURNING state
+                {conflict}
+                RETURNING id, state
             )
-            SELECT bool_or(state = 'enqueued'),
-                   CASE WHEN bool_or(state = 'enqueued') THEN {_NOTIFY} END
+            SELECT id,
+                   CASE WHEN state = 'enqueued' THEN {_NOTIFY} END,
+                   CASE WHEN state IN ({_TERMINAL_SQL}) THEN {_NOTIFY_FINISHED} END,
+                   state
             FROM ins
         """)
-        params = _arrays(rows, InsertRow._fields)
+        holders_sql = _q(
+            f"SELECT unique_key, id FROM {JOBS}"
+            f" WHERE unique_key = ANY(%s) AND state IN ({LIVE_SQL})"
+        )
 
-        def run(conn: Conn) -> bool:
+        def insert(conn: Conn, batch: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             try:
-                row = conn.execute(sql, params).fetchone()
+                return conn.execute(sql, _arrays(batch, InsertRow._fields)).fetchall()
             except psycopg.errors.UniqueViolation:
                 raise ValueError(
                     f"job id(s) already exist among {ids}; nothing was stored"
                 ) from None
-            return bool(row and row[0])
 
-        if await self._call(run):
+        def run(conn: Conn) -> tuple[list[str], set[str]]:
+            if not unique:
+                return ids, {row[3] for row in insert(conn, rows)}
+            # ON CONFLICT skips a row whose key a live job holds (waiting for
+            # a concurrent inserter to commit); the holders are then read in
+            # a new snapshot. A holder that ended in between frees its key:
+            # those rows are tried again.
+            result = list(ids)
+            states: set[str] = set()
+            pending: list[int] = list(range(len(rows)))
+            with conn.transaction():
+                for _ in range(10):
+                    stored = {row[0] for row in insert(conn, [rows[i] for i in pending])}
+                    states |= {rows[i]["state"] for i in pending if rows[i]["id"] in stored}
+                    skipped = [i for i in pending if rows[i]["id"] not in stored]
+                    if not skipped:
+                        break
+                    keys = list({rows[i]["unique_key"] for i in skipped})
+                    holders: dict[str, str] = dict(conn.execute(holders_sql, [keys]).fetchall())
+                    pending = []
+                    for i in skipped:
+                        holder = holders.get(rows[i]["unique_key"])
+                        if holder is None:
+                            pending.append(i)
+                        else:
+                            result[i] = holder
+                    if not pending:
+                        break
+            return result, states
+
+        result, states = await self._call(run)
+        if "enqueued" in states:
             self._wakeup.notify()
-        return ids
+        if states & set(TERMINAL):
+            self._finished.notify()
+        return result
 
     async def get(self, job_id: str) -> Job | None:
         """The job with this id, or None."""
@@ -394,13 +479,36 @@ class PostgresStorage:
         return await self._call(run)
 
     async def list_jobs(
-        self, *, state: type[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        state: type[JobState] | None = None,
+        queue: str | None = None,
+        method: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Jobs in creation order, optionally only those in ``state``."""
         name = None if state is None else check_state_class(state)
-        where = "" if name is None else "WHERE state = %(state)s"
-        sql = _q(f"SELECT {JOB_COLUMNS} FROM {JOBS} {where} ORDER BY seq LIMIT %(limit)s")
-        params = {"state": name, "limit": limit}
+        if before is not None and not newest_first:
+            raise ValueError("before= pages newest first: pass newest_first=True")
+        where = [
+            clause
+            for clause, value in (
+                ("state = %(state)s", name),
+                ("queue = %(queue)s", queue),
+                ("method = %(method)s", method),
+                (
+                    f"seq < coalesce((SELECT seq FROM {JOBS} WHERE id = %(before)s), -1)",
+                    before,
+                ),
+            )
+            if value is not None
+        ]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "DESC" if newest_first else ""
+        sql = _q(f"SELECT {JOB_COLUMNS} FROM {JOBS} {clause} ORDER BY seq {order} LIMIT %(limit)s")
+        params = {"state": name, "queue": queue, "method": method, "before": before, "limit": limit}
         return await self._call(lambda conn: [_job(row) for row in conn.execute(sql, params)])
 
     async def count_by_state(self) -> dict[str, int]:
@@ -427,24 +535,37 @@ class PostgresStorage:
         columns = list(changes[0][0])
         states = [state for _, state in changes]
         queue_filter = "AND queue = ANY(%(queues)s)" if queues else ""
+        name_filter = "AND name = ANY(%(queues)s)" if queues else ""
+        # The common case, one statement: no queue concerned has settings and
+        # no candidate has a lock. Otherwise ``gate`` is false, nothing is
+        # claimed, and the claim is decided under advisory locks (_admit).
         sql = _q(f"""
             WITH picked AS (
-                SELECT id, priority, seq FROM {JOBS}
+                SELECT id, priority, seq, lock_key FROM {JOBS}
                 WHERE state = 'enqueued' {queue_filter}
                 ORDER BY priority DESC, seq
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED
+            ), gate AS (
+                SELECT NOT EXISTS (
+                    SELECT 1 FROM {QUEUES}
+                    WHERE (paused OR max_running IS NOT NULL OR rate_count IS NOT NULL)
+                    {name_filter}
+                ) AND NOT EXISTS (SELECT 1 FROM picked WHERE lock_key IS NOT NULL) AS open
             ), numbered AS (
                 SELECT id, row_number() OVER (ORDER BY priority DESC, seq) AS n FROM picked
+                WHERE (SELECT open FROM gate)
             ), w AS (
                 SELECT * FROM {_unnest(columns, "w", numbered=True)}
+            ), upd AS (
+                UPDATE {JOBS} j
+                SET {", ".join(f"{c} = w.{c}" for c in columns)},
+                    attempts = j.attempts + 1, version = j.version + 1
+                FROM numbered JOIN w ON w.n = numbered.n
+                WHERE j.id = numbered.id
+                RETURNING numbered.n, {_J_JOB_COLUMNS}
             )
-            UPDATE {JOBS} j
-            SET {", ".join(f"{c} = w.{c}" for c in columns)},
-                attempts = j.attempts + 1, version = j.version + 1
-            FROM numbered JOIN w ON w.n = numbered.n
-            WHERE j.id = numbered.id
-            RETURNING numbered.n, {_J_JOB_COLUMNS}
+            SELECT gate.open, upd.* FROM gate LEFT JOIN upd ON true
         """)
         params = {
             **_arrays([c for c, _ in changes], columns),
@@ -453,7 +574,12 @@ class PostgresStorage:
         }
 
         def run(conn: Conn) -> list[Job]:
-            rows = sorted(conn.execute(sql, params), key=lambda row: row[0])
+            found = conn.execute(sql, params).fetchall()
+            if found and not found[0][0]:
+                with conn.transaction():
+                    found = _admit(conn, list(queues), [c for c, _ in changes], now)
+                return [_job(row, 1, states[int(row[0]) - 1]) for row in found]
+            rows = sorted((row[1:] for row in found if row[1] is not None), key=lambda r: r[0])
             return [_job(row, 1, states[int(row[0]) - 1]) for row in rows]
 
         return await self._call(run)
@@ -485,7 +611,9 @@ class PostgresStorage:
                 WHERE j.id = v.id AND j.version = v.expected
                 RETURNING v.n, {_J_JOB_COLUMNS}
             )
-            SELECT upd.*, CASE WHEN upd.state = 'enqueued' THEN {_NOTIFY} END FROM upd
+            SELECT upd.*, CASE WHEN upd.state = 'enqueued' THEN {_NOTIFY} END,
+                CASE WHEN upd.state IN ({_TERMINAL_SQL}) THEN {_NOTIFY_FINISHED} END
+            FROM upd
         """)
         ids = [t.job_id for t in transitions]
         distinct = len(set(ids)) == len(ids)
@@ -510,6 +638,8 @@ class PostgresStorage:
         results = await self._call(run)
         if any(job is not None and job.state.name == "enqueued" for job in results):
             self._wakeup.notify()
+        if any(job is not None and job.state.name in TERMINAL for job in results):
+            self._finished.notify()
         return results
 
     async def _requeue(
@@ -527,21 +657,36 @@ class PostgresStorage:
             if dead_servers
             else ""
         )
+        # A job whose abort was requested ends Aborted instead (see
+        # aborted_requeue_columns): same columns but for the state.
+        assignments = ", ".join(
+            f"{c} = %({c})s" for c in columns if c not in ("state", "state_data")
+        )
         sql = _q(f"""
             WITH {dead} picked AS (
-                SELECT id, state AS old_state, state_data AS old_data FROM {JOBS} j
+                SELECT id, state AS old_state, state_data AS old_data, abort_reason
+                FROM {JOBS} j
                 WHERE {where}
                 ORDER BY seq
                 FOR UPDATE OF j
             ), upd AS (
                 UPDATE {JOBS} j
-                SET {", ".join(f"{c} = %({c})s" for c in columns)}, version = j.version + 1
+                SET {assignments},
+                    state = CASE WHEN picked.abort_reason IS NULL THEN %(state)s::text
+                        ELSE 'aborted' END,
+                    state_data = CASE WHEN picked.abort_reason IS NULL THEN %(state_data)s::text
+                        ELSE json_build_object(
+                            'reason', picked.abort_reason, 'finished_at', %(now_text)s::text
+                        )::text END,
+                    version = j.version + 1
                 FROM picked WHERE j.id = picked.id
                 RETURNING picked.old_state, picked.old_data, {_J_JOB_COLUMNS}
             )
-            SELECT upd.*, {_NOTIFY} FROM upd
+            SELECT upd.*, {_NOTIFY},
+                CASE WHEN upd.state = 'aborted' THEN {_NOTIFY_FINISHED} END
+            FROM upd
         """)
-        params = {**params, **columns}
+        params = {**params, **columns, "now_text": utc(now).isoformat()}
 
         def run(conn: Conn) -> list[Transitioned]:
             return [
@@ -552,6 +697,7 @@ class PostgresStorage:
         changed = await self._call(run)
         if changed:
             self._wakeup.notify()
+            self._finished.notify()
         return changed
 
     async def promote_due(self, now: datetime) -> list[Transitioned]:
@@ -580,6 +726,157 @@ class PostgresStorage:
         """Return on a local enqueue or a NOTIFY from any server."""
         await self._nothing()
         await self._wakeup.wait()
+
+    # -- job control -----------------------------------------------------
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (queue, state name)."""
+        sql = _q(f"SELECT queue, state, count(*) FROM {JOBS} GROUP BY queue, state")
+        return await self._call(lambda conn: {(q, st): n for q, st, n in conn.execute(sql)})
+
+    async def _abort(self, job_id: str, reason: str, now: datetime) -> AbortOutcome:
+        columns, _ = state_update(Aborted(reason, utc(now)), identity)
+        assignments = ", ".join(f"{c} = %({c})s" for c in columns)
+        lock = _q(f"SELECT state FROM {JOBS} WHERE id = %(id)s FOR UPDATE")
+        abort_now = _q(f"""
+            UPDATE {JOBS} SET {assignments}, version = version + 1 WHERE id = %(id)s
+            RETURNING {_NOTIFY_FINISHED}
+        """)
+        flag = _q(f"""
+            UPDATE {JOBS} SET abort_reason = %(reason)s WHERE id = %(id)s
+            RETURNING pg_notify('{ABORT_CHANNEL}', id)
+        """)
+        params = {**columns, "id": job_id, "reason": reason}
+
+        def run(conn: Conn) -> AbortOutcome:
+            with conn.transaction():
+                row = conn.execute(lock, params).fetchone()
+                if row is None:
+                    return "missing"
+                if row[0] in QUEUED:
+                    conn.execute(abort_now, params)
+                    return "aborted"
+                if row[0] == "processing":
+                    conn.execute(flag, params)
+                    return "requested"
+                return "finished"
+
+        outcome = await self._call(run)
+        if outcome == "aborted":
+            self._finished.notify()
+        elif outcome == "requested":
+            self._aborts.notify()
+        return outcome
+
+    async def abort(self, job_id: str, reason: str, now: datetime) -> AbortOutcome:
+        """Abort a queued job now, or flag a Processing one and NOTIFY every server."""
+        return await self._abort(job_id, reason, now)
+
+    async def aborts_requested(self, server_name: str) -> list[tuple[str, str]]:
+        """The flagged Processing jobs of ``server_name``."""
+        sql = _q(
+            f"SELECT id, abort_reason FROM {JOBS} WHERE state = 'processing'"
+            " AND server_name = %s AND abort_reason IS NOT NULL ORDER BY seq"
+        )
+        return await self._call(
+            lambda conn: [(r[0], r[1]) for r in conn.execute(sql, [server_name])]
+        )
+
+    async def wait_for_abort(self) -> None:
+        """Return on an abort requested here or NOTIFYed by any process."""
+        await self._nothing()
+        await self._aborts.wait()
+
+    async def wait_for_finish(self) -> None:
+        """Return on a job finishing here or NOTIFYed by any process."""
+        await self._nothing()
+        await self._finished.wait()
+
+    async def retry(self, job_id: str, now: datetime) -> bool:
+        """A Failed or Aborted job back to Enqueued, attempts 0."""
+        columns = requeue_columns(now, identity)
+        sql = _q(f"""
+            UPDATE {JOBS} SET {", ".join(f"{c} = %({c})s" for c in columns)},
+                attempts = 0, version = version + 1
+            WHERE id = %(id)s AND state IN ('failed', 'aborted')
+            RETURNING {_NOTIFY}
+        """)
+        params = {**columns, "id": job_id}
+
+        def run(conn: Conn) -> bool:
+            try:
+                return conn.execute(sql, params).fetchone() is not None
+            except psycopg.errors.UniqueViolation:  # its unique key is held by a live job
+                return False
+
+        retried = await self._call(run)
+        if retried:
+            self._wakeup.notify()
+        return retried
+
+    async def delete(self, job_id: str, now: datetime) -> bool:
+        """Mark Deleted (a Processing job: abort requested, reason "deleted")."""
+        columns, _ = state_update(Deleted(), identity)
+        assignments = ", ".join(f"{c} = %({c})s" for c in columns)
+        sql = _q(f"""
+            UPDATE {JOBS} SET {assignments}, version = version + 1
+            WHERE id = %(id)s AND state NOT IN ('deleted', 'processing')
+            RETURNING {_NOTIFY_FINISHED}
+        """)
+        probe = _q(f"SELECT state FROM {JOBS} WHERE id = %s")
+        params = {**columns, "id": job_id}
+        if await self._call(lambda conn: conn.execute(sql, params).fetchone() is not None):
+            self._finished.notify()
+            return True
+        state = await self._call(lambda conn: conn.execute(probe, [job_id]).fetchone())
+        if state is None or state[0] != "processing":
+            return False
+        return await self._abort(job_id, "deleted", now) == "requested"
+
+    async def set_progress(self, job_id: str, progress: Progress) -> bool:
+        """Store a Processing job's progress; the version stays."""
+        sql = _q(f"UPDATE {JOBS} SET progress = %s WHERE id = %s AND state = 'processing'")
+        text = progress_json(progress)
+        return await self._call(lambda conn: conn.execute(sql, [text, job_id]).rowcount > 0)
+
+    async def _set_queue(self, name: str, **values: Any) -> None:
+        names = list(values)
+        sql = _q(f"""
+            INSERT INTO {QUEUES} (name, {", ".join(names)})
+            VALUES (%(name)s, {", ".join(f"%({c})s" for c in names)})
+            ON CONFLICT (name) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in names)}
+            RETURNING {_NOTIFY}
+        """)
+        params = {"name": name, **values}
+        await self._call(lambda conn: conn.execute(sql, params))
+        self._wakeup.notify()
+
+    async def pause_queue(self, name: str) -> None:
+        """Store the queue as paused."""
+        await self._set_queue(name, paused=True)
+
+    async def resume_queue(self, name: str) -> None:
+        """Store the queue as running."""
+        await self._set_queue(name, paused=False)
+
+    async def set_queue_limits(
+        self, name: str, max_running: int | None, rate: tuple[int, float] | None
+    ) -> None:
+        """Store the queue's limits."""
+        count, seconds = (None, None) if rate is None else rate
+        await self._set_queue(name, max_running=max_running, rate_count=count, rate_seconds=seconds)
+
+    async def list_queues(self) -> list[QueueInfo]:
+        """Queues with jobs or settings, by name."""
+        settings_sql = _q(f"SELECT {QUEUE_COLUMNS} FROM {QUEUES}")
+        counts_sql = _q(f"SELECT queue, state, count(*) FROM {JOBS} GROUP BY queue, state")
+
+        def run(conn: Conn) -> list[QueueInfo]:
+            settings = [QueueRow(*row) for row in conn.execute(settings_sql)]
+            counts = {(q, st): n for q, st, n in conn.execute(counts_sql)}
+            return queue_infos(settings, counts)
+
+        return await self._call(run)
 
     # -- servers ---------------------------------------------------------
 
@@ -706,6 +1003,8 @@ class PostgresStorage:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self._aborts.notify()
+        self._finished.notify()
         self._wakeup.notify()  # waiters return, and their next call is refused
 
         def notify(channel: str) -> None:
@@ -722,3 +1021,125 @@ def _configure(conn: Conn, *, settings: dict[str, str]) -> None:
     conn.execute("SET TIME ZONE 'UTC'")
     for name, value in settings.items():
         conn.execute("SELECT set_config(%s, %s, false)", [name, value])
+
+
+# -- claims under flow control ---------------------------------------------
+
+# Advisory lock keys: claimers of one limited queue, or of one lock, queue up.
+_QUEUE_LOCK: Final = "trio_monitor_queue:"
+_JOB_LOCK: Final = "trio_monitor_lock:"
+# How many claimable jobs a claim under flow control looks at, per worker.
+_SCAN_PER_WORKER: Final = 4
+_MIN_SCAN: Final = 64
+
+
+def _advisory_locks(conn: Conn, keys: Sequence[str]) -> None:
+    """Take transaction advisory locks on ``keys``, in sorted order (no deadlock)."""
+    for key in sorted(set(keys)):
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [key])
+
+
+def _admit(
+    conn: Conn, queues: list[str], changes: list[dict[str, Any]], now: datetime
+) -> list[tuple[Any, ...]]:
+    """Claim under pause, max_running, rate and locks, in the caller's transaction.
+
+    Claimers of the same limited queue serialise on one advisory lock per
+    queue, and claimers of jobs with the same lock on one per lock key, each
+    taken in sorted order (queues first), so what they count (Processing
+    jobs, recent starts, held locks) is what the database holds when they
+    decide. Returns ``(n, job columns...)`` rows in claim order.
+    """
+    settings = {
+        row.name: row
+        for row in (
+            QueueRow(*r)
+            for r in conn.execute(
+                _q(
+                    f"SELECT {QUEUE_COLUMNS} FROM {QUEUES}"
+                    " WHERE paused OR max_running IS NOT NULL OR rate_count IS NOT NULL"
+                )
+            )
+        )
+        if not queues or row.name in queues
+    }
+    _advisory_locks(conn, [_QUEUE_LOCK + name for name in settings])
+    paused = [name for name, row in settings.items() if row.paused]
+    wanted = [q for q in queues if q not in paused]
+    if queues and not wanted:
+        return []
+    limit = len(changes)
+    queue_filter = "AND queue = ANY(%(queues)s)" if queues else ""
+    candidates = conn.execute(
+        _q(f"""
+            SELECT id, queue, lock_key FROM {JOBS}
+            WHERE state = 'enqueued' {queue_filter} AND NOT (queue = ANY(%(paused)s))
+            ORDER BY priority DESC, seq
+            LIMIT %(scan)s
+            FOR UPDATE SKIP LOCKED
+        """),
+        {
+            "queues": wanted,
+            "paused": paused,
+            "scan": max(limit * _SCAN_PER_WORKER, _MIN_SCAN),
+        },
+    ).fetchall()
+    keys = sorted({key for _, _, key in candidates if key is not None})
+    _advisory_locks(conn, [_JOB_LOCK + key for key in keys])
+    held = {
+        key
+        for (key,) in conn.execute(
+            _q(f"SELECT lock_key FROM {JOBS} WHERE state = 'processing' AND lock_key = ANY(%s)"),
+            [keys],
+        )
+    }
+    limited = list(settings)
+    running: dict[str, int] = dict(
+        conn.execute(
+            _q(
+                f"SELECT queue, count(*) FROM {JOBS} WHERE state = 'processing'"
+                " AND queue = ANY(%s) GROUP BY queue"
+            ),
+            [limited],
+        ).fetchall()
+    )
+    started: dict[str, int] = {}
+    for name, row in settings.items():
+        start = rate_window_start(row, now)
+        if start is not None:
+            conn.execute(
+                _q(f"DELETE FROM {STARTS} WHERE queue = %s AND started_at <= %s"), [name, start]
+            )
+            count = conn.execute(
+                _q(f"SELECT count(*) FROM {STARTS} WHERE queue = %s"), [name]
+            ).fetchone()
+            started[name] = int(count[0]) if count else 0
+    admission = Admission(settings, running, started, held)
+    chosen: list[tuple[str, str]] = []
+    for job_id, queue, key in candidates:
+        if len(chosen) == limit:
+            break
+        if admission.admit(queue, key):
+            chosen.append((job_id, queue))
+    if not chosen:
+        return []
+    columns = list(changes[0])
+    rows = [{**change, "id": job_id} for change, (job_id, _) in zip(changes, chosen, strict=False)]
+    found = conn.execute(
+        _q(f"""
+            UPDATE {JOBS} j
+            SET {", ".join(f"{c} = w.{c}" for c in columns)},
+                attempts = j.attempts + 1, version = j.version + 1
+            FROM {_unnest(["id", *columns], "w", numbered=True)}
+            WHERE j.id = w.id
+            RETURNING w.n, {_J_JOB_COLUMNS}
+        """),
+        _arrays(rows, ["id", *columns]),
+    ).fetchall()
+    starts = [queue for _, queue in chosen if queue in started]
+    if starts:
+        conn.execute(
+            _q(f"INSERT INTO {STARTS} (queue, started_at) SELECT q, %s FROM unnest(%s::text[]) q"),
+            [now, starts],
+        )
+    return sorted(found, key=lambda row: int(row[0]))

@@ -86,6 +86,45 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX recurring_due ON recurring (next_run_at)",
     ),
+    (
+        # Version 2: job control (SPEC section 6).
+        "ALTER TABLE jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE jobs ADD COLUMN timeout REAL",
+        "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN lock_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN progress TEXT",
+        # Set while an abort of this Processing job is requested.
+        "ALTER TABLE jobs ADD COLUMN abort_reason TEXT",
+        # Version 1 did not record when a job finished: its finished jobs
+        # get their creation time (a lower bound) as finished_at.
+        "UPDATE jobs SET state_data = json_set(state_data, '$.finished_at',"
+        " strftime('%Y-%m-%dT%H:%M:%f', created_at / 1000000.0, 'unixepoch') || '+00:00')"
+        " WHERE state IN ('succeeded', 'failed')",
+        # At most one live job per unique key: the database enforces it.
+        "CREATE UNIQUE INDEX jobs_unique_live ON jobs (unique_key)"
+        " WHERE unique_key IS NOT NULL"
+        " AND state IN ('enqueued', 'scheduled', 'awaiting_retry', 'processing')",
+        # The locks held now (one Processing job each).
+        "CREATE INDEX jobs_lock_held ON jobs (lock_key)"
+        " WHERE lock_key IS NOT NULL AND state = 'processing'",
+        # Listing newest first by queue or method (keyset paging on seq),
+        # and counts per (queue, state).
+        "CREATE INDEX jobs_queue ON jobs (queue, state, seq)",
+        "CREATE INDEX jobs_method ON jobs (method, seq)",
+        """
+        CREATE TABLE queues (
+            name         TEXT PRIMARY KEY,
+            paused       INTEGER NOT NULL DEFAULT 0,
+            max_running  INTEGER,
+            rate_count   INTEGER,
+            rate_seconds REAL
+        )
+        """,
+        # When jobs of rate-limited queues started (the sliding window), pruned.
+        "CREATE TABLE queue_starts (queue TEXT NOT NULL, started_at INTEGER NOT NULL)",
+        "CREATE INDEX queue_starts_window ON queue_starts (queue, started_at)",
+        "ALTER TABLE recurring ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC'",
+    ),
 )
 
 #: The schema version this code writes.

@@ -40,29 +40,44 @@ from urllib.parse import parse_qsl
 import trio
 
 from ..._model import (
+    LIVE_STATE_NAMES,
+    Aborted,
+    Deleted,
     Job,
     JobState,
     Processing,
+    Progress,
+    QueueInfo,
     RecurringJob,
     ServerInfo,
     Transition,
     Transitioned,
     decode_state,
 )
-from ..._storage import NextRun, SchemaStatus
+from ..._storage import AbortOutcome, NextRun, SchemaStatus
 from .._rows import (
     JOB_COLUMNS,
+    LIVE_SQL,
+    QUEUE_COLUMNS,
+    QUEUED,
     RECURRING_COLUMNS,
     SERVER_COLUMNS,
+    TERMINAL,
+    Admission,
     InsertRow,
     JobRow,
+    QueueRow,
     RecurringRow,
     ServerRow,
+    aborted_requeue_columns,
     check_state_class,
     insert_row,
     job_from_row,
     next_occurrence,
     occurrence,
+    progress_json,
+    queue_infos,
+    rate_window_start,
     recurring_row,
     requeue_columns,
     server_row,
@@ -123,6 +138,9 @@ _MAX_IN: Final = 500
 # ALL); beyond, it filters the all-queues index (SQLite allows at most 500
 # terms in a compound SELECT).
 _MAX_UNION_QUEUES: Final = 32
+# A claim under flow control looks at most this many claimable jobs (the
+# refused ones keep their places; the next claim looks again).
+_MAX_ADMISSION_SCAN: Final = 4096
 
 
 def _job(row: Sequence[Any], state: JobState | None = None) -> Job:
@@ -198,6 +216,8 @@ class SQLiteStorage:
             ),
         )
         self._wakeup = WakeUp()
+        self._aborts = WakeUp()
+        self._finished = WakeUp()
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout: float | None = None) -> SQLiteStorage:
@@ -257,8 +277,8 @@ class SQLiteStorage:
 
     async def enqueue(self, job: Job) -> str:
         """Store ``job`` as given; see :meth:`Storage.enqueue`."""
-        await self.enqueue_many([job])
-        return job.id
+        (job_id,) = await self.enqueue_many([job])
+        return job_id
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
         """Store several jobs in one transaction: all or none."""
@@ -266,10 +286,16 @@ class SQLiteStorage:
         if not rows:
             await self._nothing()
             return []
-        await self._write(lambda conn: _insert_jobs(conn, rows))
-        if any(row.state == "enqueued" for row in rows):
+        if any(row.unique_key is not None for row in rows):
+            ids, stored = await self._write(lambda conn: _insert_unique(conn, rows))
+        else:
+            await self._write(lambda conn: _insert_jobs(conn, rows))
+            ids, stored = [row.id for row in rows], rows
+        if any(row.state == "enqueued" for row in stored):
             self._wakeup.notify()
-        return [row.id for row in rows]
+        if any(row.state in TERMINAL for row in stored):
+            self._finished.notify()
+        return ids
 
     async def get(self, job_id: str) -> Job | None:
         """The job with this id, or None."""
@@ -281,16 +307,17 @@ class SQLiteStorage:
         return await self._read(run)
 
     async def list_jobs(
-        self, *, state: type[JobState] | None = None, limit: int | None = None
+        self,
+        *,
+        state: type[JobState] | None = None,
+        queue: str | None = None,
+        method: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Jobs in creation order, optionally only those in ``state``."""
-        limit_value = -1 if limit is None else int(limit)
-        if state is None:
-            sql = f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq LIMIT ?"
-            params: tuple[Any, ...] = (limit_value,)
-        else:
-            sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq LIMIT ?"
-            params = (check_state_class(state), limit_value)
+        sql, params = _list_sql(state, queue, method, limit, before, newest_first)
         return await self._read(lambda conn: [_job(row) for row in conn.execute(sql, params)])
 
     async def count_by_state(self) -> dict[str, int]:
@@ -315,24 +342,23 @@ class SQLiteStorage:
         if not worker_ids:
             await self._nothing()
             return []
-        sql = self._claim_sql(len(queue_list))
         limit = len(worker_ids)
-        params: list[Any]
-        if len(queue_list) > _MAX_UNION_QUEUES:
-            params = [json.dumps(queue_list), limit]
-        else:
-            params = []
-            for queue in queue_list:
-                params += (queue, limit)
-            if len(queue_list) != 1:
-                params.append(limit)
         now = utc(now)
         changes = [
             state_update(Processing(now, worker_id, server_name), to_us) for worker_id in worker_ids
         ]
 
         def claim(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(sql, params).fetchall()
+            settings = _queue_settings(conn, queue_list)
+            wanted = queue_list
+            if settings:
+                # A paused queue's jobs are not even looked at.
+                wanted = [q for q in queue_list if not (q in settings and settings[q].paused)]
+                if queue_list and not wanted:
+                    return []
+            rows = self._candidates(conn, wanted, limit)
+            if settings or any(JobRow(*row[1:]).lock_key is not None for row in rows):
+                rows = self._admitted(conn, settings, wanted, rows, limit, now)
             conn.executemany(
                 f"UPDATE jobs SET {_STATE_SET}, attempts = attempts + 1,"
                 " version = version + 1 WHERE seq = :seq",
@@ -342,13 +368,93 @@ class SQLiteStorage:
                 ],
             )
             claimed: list[Job] = []
-            for row, (_, state) in zip(rows, changes, strict=False):
-                stored = JobRow(*row[1:])
+            for row, (columns, state) in zip(rows, changes, strict=False):
+                stored = updated(JobRow(*row[1:]), columns)
                 stored = stored._replace(attempts=stored.attempts + 1, version=stored.version + 1)
                 claimed.append(_job(stored, state))
             return claimed
 
         return await self._write(claim)
+
+    def _candidates(
+        self, conn: sqlite3.Connection, queues: list[str], limit: int
+    ) -> list[tuple[Any, ...]]:
+        """The ``limit`` best claimable rows (``seq`` + job columns) of ``queues``, in order."""
+        sql = self._claim_sql(len(queues))
+        params: list[Any]
+        if len(queues) > _MAX_UNION_QUEUES:
+            params = [json.dumps(queues), limit]
+        else:
+            params = []
+            for queue in queues:
+                params += (queue, limit)
+            if len(queues) != 1:
+                params.append(limit)
+        return conn.execute(sql, params).fetchall()
+
+    def _admitted(
+        self,
+        conn: sqlite3.Connection,
+        settings: dict[str, QueueRow],
+        queues: list[str],
+        rows: list[tuple[Any, ...]],
+        limit: int,
+        now: datetime,
+    ) -> list[tuple[Any, ...]]:
+        """The rows flow control lets start, in claim order (see :class:`.._rows.Admission`).
+
+        Runs inside the claim's write transaction, so what it counts
+        (Processing jobs, starts, held locks) can't change underneath it.
+        Looks further down the claimable jobs, in growing steps, while jobs
+        are refused and more exist.
+        """
+        running = dict(
+            conn.execute(
+                "SELECT queue, count(*) FROM jobs INDEXED BY jobs_state"
+                " WHERE state = 'processing' GROUP BY queue"
+            )
+        )
+        held = {
+            key
+            for (key,) in conn.execute(
+                "SELECT lock_key FROM jobs INDEXED BY jobs_lock_held"
+                " WHERE lock_key IS NOT NULL AND state = 'processing'"
+            )
+        }
+        started: dict[str, int] = {}
+        for name, queue in settings.items():
+            start = rate_window_start(queue, now)
+            if start is not None:
+                conn.execute(
+                    "DELETE FROM queue_starts WHERE queue = ? AND started_at <= ?",
+                    (name, to_us(start)),
+                )
+                started[name] = conn.execute(
+                    "SELECT count(*) FROM queue_starts WHERE queue = ?", (name,)
+                ).fetchone()[0]
+        admission = Admission(settings, running, started, held)
+        admitted: list[tuple[Any, ...]] = []
+        seen = 0
+        fetch = limit
+        while True:
+            for row in rows[seen:]:
+                job = JobRow(*row[1:])
+                if admission.admit(job.queue, job.lock_key):
+                    admitted.append(row)
+                    if len(admitted) == limit:
+                        break
+            if len(admitted) == limit or len(rows) < fetch or fetch >= _MAX_ADMISSION_SCAN:
+                break
+            seen = len(rows)
+            fetch = min(fetch * 4, _MAX_ADMISSION_SCAN)
+            rows = self._candidates(conn, queues, fetch)
+        starts = [
+            (JobRow(*row[1:]).queue, to_us(now))
+            for row in admitted
+            if JobRow(*row[1:]).queue in started
+        ]
+        conn.executemany("INSERT INTO queue_starts (queue, started_at) VALUES (?, ?)", starts)
+        return admitted
 
     @classmethod
     def _claim_sql(cls, queue_count: int) -> str:
@@ -391,6 +497,8 @@ class SQLiteStorage:
         results = await self._write(lambda conn: _apply(conn, transitions, changes))
         if any(job is not None and job.state.name == "enqueued" for job in results):
             self._wakeup.notify()  # a retry due at once, a requeue
+        if any(job is not None and job.state.name in TERMINAL for job in results):
+            self._finished.notify()
         return results
 
     async def _requeue(
@@ -401,11 +509,12 @@ class SQLiteStorage:
 
         def run(conn: sqlite3.Connection) -> list[Transitioned]:
             rows = conn.execute(select, params).fetchall()
-            return _requeue(conn, rows, columns)
+            return _requeue(conn, rows, columns, now)
 
         changed = await self._write(run)
         if changed:
             self._wakeup.notify()
+            self._finished.notify()
         return changed
 
     async def promote_due(self, now: datetime) -> list[Transitioned]:
@@ -446,6 +555,162 @@ class SQLiteStorage:
         """
         self._check_open()
         await self._wakeup.wait()
+
+    # -- job control -----------------------------------------------------
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (queue, state name)."""
+        return await self._read(_counts)
+
+    async def abort(self, job_id: str, reason: str, now: datetime) -> AbortOutcome:
+        """Abort a queued job now, or flag a Processing one; see the protocol."""
+        columns, _ = state_update(Aborted(reason, utc(now)), to_us)
+
+        def run(conn: sqlite3.Connection) -> AbortOutcome:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return "missing"
+            if row[0] in QUEUED:
+                conn.execute(
+                    f"UPDATE jobs SET {_STATE_SET}, version = version + 1 WHERE id = :id",
+                    {**columns, "id": job_id},
+                )
+                return "aborted"
+            if row[0] == "processing":
+                conn.execute("UPDATE jobs SET abort_reason = ? WHERE id = ?", (reason, job_id))
+                return "requested"
+            return "finished"
+
+        outcome = await self._write(run)
+        self._signal(outcome)
+        return outcome
+
+    def _signal(self, outcome: AbortOutcome) -> None:
+        if outcome == "aborted":
+            self._finished.notify()
+        elif outcome == "requested":
+            self._aborts.notify()
+
+    async def aborts_requested(self, server_name: str) -> list[tuple[str, str]]:
+        """The flagged Processing jobs of ``server_name``."""
+        sql = (
+            "SELECT id, abort_reason FROM jobs INDEXED BY jobs_state WHERE state = 'processing'"
+            " AND server_name = ? AND abort_reason IS NOT NULL ORDER BY seq"
+        )
+        return await self._read(
+            lambda conn: [(r[0], r[1]) for r in conn.execute(sql, (server_name,))]
+        )
+
+    async def wait_for_abort(self) -> None:
+        """In-process aborts only; other processes' are seen by polling ``aborts_requested``."""
+        self._check_open()
+        await self._aborts.wait()
+
+    async def wait_for_finish(self) -> None:
+        """In-process finishes only; other processes' are seen by polling."""
+        self._check_open()
+        await self._finished.wait()
+
+    async def retry(self, job_id: str, now: datetime) -> bool:
+        """A Failed or Aborted job back to Enqueued, attempts 0."""
+        columns = requeue_columns(now, to_us)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            try:
+                return (
+                    conn.execute(
+                        f"UPDATE jobs SET {_REQUEUE_SET}, attempts = 0, version = version + 1"
+                        " WHERE id = :id AND state IN ('failed', 'aborted')",
+                        {**columns, "id": job_id},
+                    ).rowcount
+                    > 0
+                )
+            except sqlite3.IntegrityError:  # its unique key is held by a live job
+                return False
+
+        retried = await self._write(run)
+        if retried:
+            self._wakeup.notify()
+        return retried
+
+    async def delete(self, job_id: str, now: datetime) -> bool:
+        """Mark Deleted (a Processing job: abort requested)."""
+        columns, _ = state_update(Deleted(), to_us)
+
+        def run(conn: sqlite3.Connection) -> AbortOutcome | bool:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] == "deleted":
+                return False
+            if row[0] == "processing":
+                conn.execute("UPDATE jobs SET abort_reason = 'deleted' WHERE id = ?", (job_id,))
+                return "requested"
+            conn.execute(
+                f"UPDATE jobs SET {_STATE_SET}, version = version + 1 WHERE id = :id",
+                {**columns, "id": job_id},
+            )
+            return "aborted"
+
+        outcome = await self._write(run)
+        if outcome is False:
+            return False
+        self._signal("requested" if outcome == "requested" else "aborted")
+        return True
+
+    async def set_progress(self, job_id: str, progress: Progress) -> bool:
+        """Store a Processing job's progress; the version stays."""
+        text = progress_json(progress)
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET progress = ? WHERE id = ? AND state = 'processing'",
+                    (text, job_id),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def _set_queue(self, name: str, **values: Any) -> None:
+        assignments = ", ".join(f"{key} = :{key}" for key in values)
+        sql = (
+            f"INSERT INTO queues (name) VALUES (:name) ON CONFLICT (name) DO NOTHING;"
+            f"UPDATE queues SET {assignments} WHERE name = :name"
+        )
+        insert, update = sql.split(";")
+        params = {"name": name, **values}
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(insert, params)
+            conn.execute(update, params)
+
+        await self._write(run)
+        self._wakeup.notify()
+
+    async def pause_queue(self, name: str) -> None:
+        """Store the queue as paused."""
+        await self._set_queue(name, paused=1)
+
+    async def resume_queue(self, name: str) -> None:
+        """Store the queue as running."""
+        await self._set_queue(name, paused=0)
+
+    async def set_queue_limits(
+        self, name: str, max_running: int | None, rate: tuple[int, float] | None
+    ) -> None:
+        """Store the queue's limits."""
+        count, seconds = (None, None) if rate is None else rate
+        await self._set_queue(name, max_running=max_running, rate_count=count, rate_seconds=seconds)
+
+    async def list_queues(self) -> list[QueueInfo]:
+        """Queues with jobs or settings, by name."""
+
+        def run(conn: sqlite3.Connection) -> list[QueueInfo]:
+            rows = [
+                QueueRow(r[0], bool(r[1]), *r[2:])
+                for r in conn.execute(f"SELECT {QUEUE_COLUMNS} FROM queues")
+            ]
+            return queue_infos(rows, _counts(conn))
+
+        return await self._read(run)
 
     # -- servers ---------------------------------------------------------
 
@@ -497,7 +762,7 @@ class SQLiteStorage:
                     " WHERE state = 'processing' AND server_name = ? ORDER BY seq",
                     (server_id,),
                 ).fetchall()
-                changed += _requeue(conn, rows, columns)
+                changed += _requeue(conn, rows, columns, now)
             conn.executemany("DELETE FROM servers WHERE id = ?", [(s,) for s in dead])
             return changed
 
@@ -578,6 +843,8 @@ class SQLiteStorage:
 
     async def aclose(self) -> None:
         """Finish the calls in flight, then close the connection. Idempotent."""
+        self._aborts.notify()
+        self._finished.notify()
         self._wakeup.notify()  # waiters return, and their next call is refused
         await self._thread.aclose()
 
@@ -649,20 +916,127 @@ def _requeue(
     conn: sqlite3.Connection,
     rows: list[tuple[Any, ...]],
     columns: dict[str, Any],
+    now: datetime,
 ) -> list[Transitioned]:
     """Put the given rows (``seq`` + job columns) back to Enqueued (see ``requeue_columns``)."""
     if not rows:
         return []
+    olds = [JobRow(*row[1:]) for row in rows]
+    # A job whose abort was requested ends Aborted instead (see aborted_requeue_columns).
+    writes = [
+        columns
+        if old.abort_reason is None
+        else aborted_requeue_columns(old.abort_reason, now, to_us)
+        for old in olds
+    ]
     conn.executemany(
         f"UPDATE jobs SET {_REQUEUE_SET}, version = version + 1 WHERE seq = :seq",
-        [{**columns, "seq": row[0]} for row in rows],
+        [{**write, "seq": row[0]} for row, write in zip(rows, writes, strict=True)],
     )
-    enqueued = decode_state(columns["state"], columns["state_data"])
     changed: list[Transitioned] = []
-    for row in rows:
-        old = JobRow(*row[1:])
-        new = updated(old, columns)._replace(version=old.version + 1)
+    for old, write in zip(olds, writes, strict=True):
+        new = updated(old, write)._replace(version=old.version + 1)
         changed.append(
-            Transitioned(job=_job(new, enqueued), old_state=decode_state(old.state, old.state_data))
+            Transitioned(
+                job=_job(new, decode_state(write["state"], write["state_data"])),
+                old_state=decode_state(old.state, old.state_data),
+            )
         )
     return changed
+
+
+def _counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    return {
+        (queue, state): n
+        for queue, state, n in conn.execute(
+            "SELECT queue, state, count(*) FROM jobs INDEXED BY jobs_queue GROUP BY queue, state"
+        )
+    }
+
+
+def _queue_settings(conn: sqlite3.Connection, queues: list[str]) -> dict[str, QueueRow]:
+    """The settings that limit claims from ``queues`` (all queues if empty)."""
+    settings: dict[str, QueueRow] = {}
+    for r in conn.execute(
+        f"SELECT {QUEUE_COLUMNS} FROM queues"
+        " WHERE paused OR max_running IS NOT NULL OR rate_count IS NOT NULL"
+    ):
+        row = QueueRow(r[0], bool(r[1]), *r[2:])
+        if not queues or row.name in queues:
+            settings[row.name] = row
+    return settings
+
+
+def _insert_unique(
+    conn: sqlite3.Connection, rows: list[InsertRow]
+) -> tuple[list[str], list[InsertRow]]:
+    """Insert the rows whose unique key no live job holds; the ids, and the rows stored.
+
+    Inside the write transaction nobody else inserts, so looking the key up
+    and inserting is atomic; the partial unique index is the backstop.
+    """
+    ids = [row.id for row in rows]
+    stored: list[InsertRow] = []
+    holders: dict[str, str] = {}
+    for index, row in enumerate(rows):
+        key = row.unique_key
+        if key is not None and row.state in LIVE_STATE_NAMES:
+            holder = holders.get(key)
+            if holder is None:
+                found = conn.execute(
+                    f"SELECT id FROM jobs INDEXED BY jobs_unique_live"
+                    f" WHERE unique_key = ? AND state IN ({LIVE_SQL})",
+                    (key,),
+                ).fetchone()
+                holder = None if found is None else str(found[0])
+            if holder is not None:
+                ids[index] = holder
+                continue
+            holders[key] = row.id
+        stored.append(row)
+    _insert_jobs(conn, stored)
+    return ids, stored
+
+
+def _list_sql(
+    state: type[JobState] | None,
+    queue: str | None,
+    method: str | None,
+    limit: int | None,
+    before: str | None,
+    newest_first: bool,
+) -> tuple[str, list[Any]]:
+    """The SELECT of ``list_jobs``: keyset paging on ``seq``, served by an index per filter."""
+    where: list[str] = []
+    params: list[Any] = []
+    if state is not None:
+        where.append("state = ?")
+        params.append(check_state_class(state))
+    if queue is not None:
+        where.append("queue = ?")
+        params.append(queue)
+    if method is not None:
+        where.append("method = ?")
+        params.append(method)
+    if before is not None:
+        if not newest_first:
+            raise ValueError("before= pages newest first: pass newest_first=True")
+        where.append("seq < coalesce((SELECT seq FROM jobs WHERE id = ?), -1)")
+        params.append(before)
+    # The index that serves the filters best, walked in seq order.
+    index = (
+        "jobs_queue"
+        if queue is not None
+        else "jobs_method"
+        if method is not None
+        else "jobs_state"
+        if state is not None
+        else None
+    )
+    indexed = f" INDEXED BY {index}" if index else ""
+    if queue is not None and state is None:
+        indexed = ""  # (queue, state, seq) would sort; let the planner choose
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    order = "DESC" if newest_first else ""
+    params.append(-1 if limit is None else int(limit))
+    return f"SELECT {JOB_COLUMNS} FROM jobs{indexed}{clause} ORDER BY seq {order} LIMIT ?", params
