@@ -32,7 +32,7 @@ def test_a_worker_process_runs_jobs_and_listings_show_them(cli: Cli) -> None:
     assert server["queues"] == ["default"]
 
     listed = cli.json("jobs")
-    assert [job["id"] for job in listed] == [added, failing]
+    assert [job["id"] for job in listed] == [failing, added]  # newest first
     assert [job["id"] for job in cli.json("jobs", "--state", "succeeded")] == [added]
     assert [job["id"] for job in cli.json("jobs", "--method", "fail")] == [failing]
     assert cli.json("jobs", "--queue", "other") == []

@@ -660,8 +660,9 @@ async def test_heartbeat_reclaims_a_dead_servers_job(storage: jobs.Storage) -> N
         # The pass that requeued the orphan removes the dead row right after;
         # the requeued job may finish first.
         with trio.fail_after(10):
-            while {info.id for info in await storage.list_servers()} != {identity}:
-                await trio.sleep(0.01)  # registered; the dead row is gone
+            # Registered; the dead row is gone.
+            while {info.id for info in await storage.list_servers()} != {identity}:  # noqa: ASYNC110
+                await trio.sleep(0.01)
     assert await storage.list_servers() == []  # deregistered on stop
     job = await storage.get(orphan.id)
     assert job is not None
