@@ -667,8 +667,10 @@ async def test_heartbeat_reclaims_a_dead_servers_job(storage: jobs.Storage) -> N
     job = await storage.get(orphan.id)
     assert job is not None
     assert job.attempts == 2
-    assert recorder.kinds(orphan.id)[0] == ("processing", "enqueued")
-    claim = recorder.of(orphan.id)[1]
+    # The requeue and the claim it wakes are reported by two tasks: with a
+    # storage that wakes claimers at once the claim may be reported first.
+    assert ("processing", "enqueued") in recorder.kinds(orphan.id)[:2]
+    (claim,) = [change for change in recorder.of(orphan.id) if change.old.name == "enqueued"]
     assert isinstance(claim.new, jobs.Processing)
     assert claim.new.server_name == identity
     assert [j.payload for j in seen] == ["orphan"]
