@@ -392,3 +392,35 @@ assert "psycopg" not in sys.modules, "psycopg was imported"
 assert "trio_monitor.jobs._backends._postgres" not in sys.modules
 """
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+async def test_abort_and_finish_are_pushed_to_other_storages(pg_url: str) -> None:
+    async with opened(pg_url) as server_side, opened(pg_url) as web:
+        client = jobs.Client(web)
+        job_id = await client.enqueue("m", 1)
+        (claimed,) = await server_side.claim(
+            queues=[], worker_ids=["w"], server_name="srv#1", now=utcnow()
+        )
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+
+                async def abort_soon() -> None:
+                    await trio.sleep(0.05)
+                    assert await client.abort(job_id, "stop")
+
+                nursery.start_soon(abort_soon)
+                await server_side.wait_for_abort()  # pushed over NOTIFY
+        assert await server_side.aborts_requested("srv#1") == [(job_id, "stop")]
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+
+                async def finish_soon() -> None:
+                    await trio.sleep(0.05)
+                    await server_side.apply(
+                        [jobs.Transition(job_id, claimed.version, jobs.Aborted("stop"))]
+                    )
+
+                nursery.start_soon(finish_soon)
+                await web.wait_for_finish()  # pushed over NOTIFY
+        done = await client.wait(job_id)
+        assert done.state == jobs.Aborted("stop")

@@ -394,7 +394,7 @@ class Job:
             now = utcnow()
         state: JobState = Enqueued(now)
         if delay is not None and run_at is not None:
-            raise ValueError("give delay or run_at, not both")
+            raise ValueError("give either delay or run_at, not both")
         if delay is not None:
             seconds = check_seconds("delay", delay, maximum=MAX_SECONDS)
             if seconds > 0:

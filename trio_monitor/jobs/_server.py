@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ from .._core import FINITE, SupervisedNursery, TaskState, open_component
 from .._failures import TaskFailure, describe_reason
 from .._token import ShutdownToken
 from .._validate import MAX_SECONDS, attrs_count, attrs_seconds, check_seconds, check_str
+from ._client import Client
 from ._clock import WallClock, check_clock, trio_time_of
 from ._cron import next_run, next_run_or_never, validate_cron
 from ._liveness import Liveness
@@ -48,7 +49,6 @@ from ._model import (
     JobState,
     Processing,
     RecurringJob,
-    Scheduled,
     ServerInfo,
     Transition,
     Transitioned,
@@ -281,6 +281,8 @@ class JobServer:
         self.on_state_change = on_state_change
         self._clock: WallClock = utcnow if clock is None else check_clock(clock)
         self._run: _ServerRun | None = None
+        #: A :class:`~trio_monitor.jobs.Client` on this server's storage and clock.
+        self.client = Client(storage, clock=self.now)
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -364,8 +366,12 @@ class JobServer:
         priority: int = 0,
         delay: float | None = None,
         run_at: datetime | None = None,
+        unique_key: str | None = None,
+        lock: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109  (the job's timeout, SPEC §6)
+        headers: Mapping[str, str] | None = None,
     ) -> str:
-        """Store a new job and return its id.
+        """Store a new job and return its id; the same as ``server.client.enqueue``.
 
         With ``delay`` (seconds from now) or ``run_at`` (an aware datetime)
         the job is :class:`~trio_monitor.jobs.Scheduled` and the scheduler
@@ -381,29 +387,27 @@ class JobServer:
             or too long delay (more than about 95 years), a naive
             ``run_at``, or an empty method or queue name.
         """
-        check_str("method", method)
-        check_str("queue", queue)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise TypeError(f"priority must be an int, got {priority!r}")
-        if delay is not None and run_at is not None:
-            raise ValueError("give either delay or run_at, not both")
-        dump_json(payload)
-        now = self.now()
-        state: JobState
-        if delay is not None:
-            seconds = check_seconds("delay", delay, maximum=MAX_SECONDS)
-            state = Scheduled(now + timedelta(seconds=seconds))
-        elif run_at is not None:
-            if not isinstance(run_at, datetime):
-                raise TypeError(f"run_at must be a datetime, got {run_at!r}")
-            state = Scheduled(run_at)  # refuses naive datetimes
-        else:
-            state = Enqueued(now)
-        job = Job.new(method, payload, queue, priority, now=now)
-        job.state = state
-        job_id = await self.storage.enqueue(job)
-        if isinstance(state, Scheduled) and self._run is not None:
-            self._run.note_due(state.enqueue_at)
+        # ``server.enqueue`` is ``server.client.enqueue``; the server only
+        # tells its scheduler about a due time it will have to act on.
+        due = None
+        if delay is not None and isinstance(delay, int | float) and delay >= 0:
+            due = self.now() + timedelta(seconds=min(float(delay), MAX_SECONDS))
+        elif isinstance(run_at, datetime):
+            due = run_at
+        job_id = await self.client.enqueue(
+            method,
+            payload,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            unique_key=unique_key,
+            lock=lock,
+            timeout=timeout,
+            headers=headers,
+        )
+        if due is not None and self._run is not None:
+            self._run.note_due(due)
         return job_id
 
     async def delete(self, job_id: str) -> bool:

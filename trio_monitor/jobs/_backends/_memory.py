@@ -49,6 +49,7 @@ from ._rows import (
     occurrence,
     progress_json,
     queue_infos,
+    rate_prune_before,
     rate_window_start,
     recurring_row,
     requeue_columns,
@@ -428,10 +429,10 @@ class MemoryStorage:
         started: dict[str, int] = {}
         for name, queue in settings.items():
             start = rate_window_start(queue, now)
-            log = self._starts.get(name, [])
-            if start is not None:
-                log = self._starts[name] = [at for at in log if at > start]
-                started[name] = len(log)
+            prune = rate_prune_before(queue, now)
+            if start is not None and prune is not None:
+                log = self._starts[name] = [at for at in self._starts.get(name, []) if at > prune]
+                started[name] = sum(1 for at in log if at > start)
         return Admission(settings, running, started, held)
 
     # -- servers ---------------------------------------------------------

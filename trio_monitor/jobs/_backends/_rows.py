@@ -64,6 +64,7 @@ __all__ = [
     "aborted_requeue_columns",
     "default_queue",
     "queue_infos",
+    "rate_prune_before",
     "rate_window_start",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
@@ -619,3 +620,16 @@ def rate_window_start(settings: QueueRow, now: datetime) -> datetime | None:
     if settings.rate_seconds is None or settings.rate_count is None:
         return None
     return utc(now) - timedelta(seconds=settings.rate_seconds)
+
+
+def rate_prune_before(settings: QueueRow, now: datetime) -> datetime | None:
+    """Starts at or before this may be forgotten: one window before the current one.
+
+    Not the window's own start: claimers' clocks differ a little, and a
+    start a claimer with a later clock would drop may still count for one
+    whose clock is behind.
+    """
+    start = rate_window_start(settings, now)
+    if start is None or settings.rate_seconds is None:
+        return None
+    return start - timedelta(seconds=settings.rate_seconds)

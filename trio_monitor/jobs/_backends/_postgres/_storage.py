@@ -105,6 +105,7 @@ from .._rows import (
     occurrence,
     progress_json,
     queue_infos,
+    rate_prune_before,
     rate_window_start,
     recurring_row,
     requeue_columns,
@@ -1106,12 +1107,14 @@ def _admit(
     started: dict[str, int] = {}
     for name, row in settings.items():
         start = rate_window_start(row, now)
-        if start is not None:
+        prune = rate_prune_before(row, now)
+        if start is not None and prune is not None:
             conn.execute(
-                _q(f"DELETE FROM {STARTS} WHERE queue = %s AND started_at <= %s"), [name, start]
+                _q(f"DELETE FROM {STARTS} WHERE queue = %s AND started_at <= %s"), [name, prune]
             )
             count = conn.execute(
-                _q(f"SELECT count(*) FROM {STARTS} WHERE queue = %s"), [name]
+                _q(f"SELECT count(*) FROM {STARTS} WHERE queue = %s AND started_at > %s"),
+                [name, start],
             ).fetchone()
             started[name] = int(count[0]) if count else 0
     admission = Admission(settings, running, started, held)

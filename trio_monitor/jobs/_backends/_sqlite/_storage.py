@@ -77,6 +77,7 @@ from .._rows import (
     occurrence,
     progress_json,
     queue_infos,
+    rate_prune_before,
     rate_window_start,
     recurring_row,
     requeue_columns,
@@ -424,13 +425,15 @@ class SQLiteStorage:
         started: dict[str, int] = {}
         for name, queue in settings.items():
             start = rate_window_start(queue, now)
-            if start is not None:
+            prune = rate_prune_before(queue, now)
+            if start is not None and prune is not None:
                 conn.execute(
                     "DELETE FROM queue_starts WHERE queue = ? AND started_at <= ?",
-                    (name, to_us(start)),
+                    (name, to_us(prune)),
                 )
                 started[name] = conn.execute(
-                    "SELECT count(*) FROM queue_starts WHERE queue = ?", (name,)
+                    "SELECT count(*) FROM queue_starts WHERE queue = ? AND started_at > ?",
+                    (name, to_us(start)),
                 ).fetchone()[0]
         admission = Admission(settings, running, started, held)
         admitted: list[tuple[Any, ...]] = []
