@@ -8,7 +8,8 @@ that has not failed, an abort of a finished job).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from functools import partial
 
 import click
@@ -32,15 +33,15 @@ Describe = Callable[[str, jobs.Job | None], str]
 
 async def _act(
     url: str,
-    job_ids: Callable[[jobs.Client], AsyncIterator[str]],
+    job_ids: Callable[[jobs.Client], AsyncGenerator[str, None]],
     action: Action,
     done: Describe,
     refused: Describe,
 ) -> list[str]:
     """Apply ``action`` to each id; echo what was done; return why the others were not."""
     problems: list[str] = []
-    async with open_client(url) as client:
-        async for job_id in job_ids(client):
+    async with open_client(url) as client, contextlib.aclosing(job_ids(client)) as ids:
+        async for job_id in ids:
             changed = await action(client, job_id)
             after = await client.get(job_id)
             if changed:
@@ -57,15 +58,15 @@ def _report(problems: list[str]) -> None:
         raise Failed("; ".join(problems))
 
 
-def _given(job_ids: Iterable[str]) -> Callable[[jobs.Client], AsyncIterator[str]]:
-    async def each(_client: jobs.Client) -> AsyncIterator[str]:
+def _given(job_ids: Iterable[str]) -> Callable[[jobs.Client], AsyncGenerator[str, None]]:
+    async def each(_client: jobs.Client) -> AsyncGenerator[str, None]:
         for job_id in job_ids:
             yield job_id
 
     return each
 
 
-async def _failed_jobs(client: jobs.Client) -> AsyncIterator[str]:
+async def _failed_jobs(client: jobs.Client) -> AsyncGenerator[str, None]:
     """Every Failed job, newest first, paged by keyset so retried ones do not shift pages."""
     before: str | None = None
     while True:
