@@ -70,8 +70,15 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Run every benchmarks/bench_*.py; arguments are passed on (e.g. ``--quick``)."""
-    session.install(".[postgres]")
+    """Run every benchmarks/bench_*.py; arguments are passed on.
+
+    ``nox -s bench -- --quick`` for a smoke run; ``nox -s bench -- --plot``
+    also writes the charts of the docs' benchmark pages
+    (``docs/benchmarks/_images``). Everything the scripts import is
+    installed here: the package with its PostgreSQL extra, matplotlib (the
+    ``bench`` extra) and the peer libraries.
+    """
+    session.install(".[postgres,bench]")
     missing = []
     for peer in BENCH_PEERS:
         # One peer that fails to install must not cost the others' comparisons.

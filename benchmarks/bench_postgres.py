@@ -1,15 +1,22 @@
 """The job server on PostgreSQL against procrastinate and saq (their Postgres queue).
 
 Usage: ``python benchmarks/bench_postgres.py [--quick] [--rounds R] [--jobs N]
-[--concurrency C] [--systems trio_monitor,procrastinate,saq]``
+[--concurrency C] [--systems trio_monitor,procrastinate,saq] [--fsync-off] [--plot]``
 
-Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``), then for each
-round and each system (alternating, a fresh database each time):
+Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``) at
+PostgreSQL's default durability (fsync on; ``--fsync-off`` for the extra,
+non-durable row), runs every system once untimed (500 jobs) to warm up,
+then for each round and each system (in an order rotated every round, a
+fresh database each time):
 
 * **throughput**: N no-op jobs are enqueued first (not timed) by a producer
-  process; then a worker process with C concurrent workers starts and is
-  timed from just before its worker starts to the moment the N-th job's
-  function has run. Reported: jobs/s, median of the rounds.
+  process; then a worker process with C concurrent workers opens its
+  connections (not timed), starts its worker, and is timed from just before
+  the worker starts to the end of the N-th job: for trio_monitor, when the
+  N-th ``Succeeded`` outcome is stored (``on_state_change`` runs after the
+  write); for the peers, when the N-th job's function has run (their
+  outcome writes come after that, so the span favours them slightly).
+  Reported: jobs/s, median and runs.
 * **latency**: a worker process with C idle workers; a separate producer
   process enqueues one job at a time with a gap, stamping ``time.time()``
   just before the enqueue; the job function records ``time.time()`` at its
@@ -38,8 +45,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import ROOT, Samples, arguments, bar_chart, cdf_chart, machine
+
+sys.path.insert(0, str(ROOT))  # tests/pg_cluster.py: plain Python, no pytest
 
 SYSTEMS = ("trio_monitor", "procrastinate", "saq")
 
@@ -78,11 +86,15 @@ def trio_monitor_work(url: str, n: int, concurrency: int, ready: Any) -> dict[st
 
     @workers.worker("noop")
     async def noop(job: jobs.Job, ctx: Any) -> None:
-        nonlocal done
         starts.append(time.time() - job.payload["t"])
-        done += 1
-        if done == n:
-            finished.set()
+
+    def stored(job: jobs.Job, old: jobs.JobState, new: jobs.JobState) -> None:
+        # Called once the outcome is stored: the end of the timed span.
+        nonlocal done
+        if isinstance(new, jobs.Succeeded):
+            done += 1
+            if done == n:
+                finished.set()
 
     result: dict[str, Any] = {}
 
@@ -94,7 +106,7 @@ def trio_monitor_work(url: str, n: int, concurrency: int, ready: Any) -> dict[st
                 fetch_batch_size=concurrency,
                 polling_interval=1.0,
             )
-            server = jobs.JobServer(config, storage, workers)
+            server = jobs.JobServer(config, storage, workers, on_state_change=stored)
             async with trio.open_nursery() as nursery:
                 t0 = time.perf_counter()
                 await nursery.start(server.run)
@@ -234,8 +246,8 @@ def saq_work(url: str, n: int, concurrency: int, ready: Any) -> dict[str, Any]:
 
     async def main() -> None:
         queue = Queue.from_url(_saq_url(url))
+        await queue.connect()  # connection setup outside the timed span, as for the others
         t0 = time.perf_counter()
-        await queue.connect()
         worker = Worker(queue, functions=[("noop", noop)], concurrency=concurrency)
         task = asyncio.create_task(worker.start())
         if ready is not _noop:
@@ -355,14 +367,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = arguments(__doc__.split("\n")[0], rounds=3)
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.02)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--fsync-off",
+        action="store_true",
+        help="run the cluster with fsync, synchronous_commit and full_page_writes off "
+        "(default: PostgreSQL's own durable defaults)",
+    )
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -379,10 +395,18 @@ def main() -> None:
     rates: dict[str, list[float]] = {s: [] for s in systems}
     lats: dict[str, list[float]] = {s: [] for s in systems}
     failed: dict[str, str] = {}
-    with PgCluster.start() as cluster:
+    with PgCluster.start(durable=not args.fsync_off) as cluster:
+        # One untimed warm-up per system (a short throughput run): the
+        # cluster's caches, the children's imports, the first connections.
+        for system in systems:
+            try:
+                url = cluster.create_database(f"bench_{system}_warm_up")
+                throughput(system, url, min(args.jobs, 500), args.concurrency)
+            except Exception as exc:
+                failed[system] = f"{type(exc).__name__}: {exc}"
         for round_ in range(args.rounds):
-            order = systems if round_ % 2 == 0 else systems[::-1]
-            for system in order:
+            shift = round_ % len(systems)
+            for system in systems[shift:] + systems[:shift]:
                 if system in failed:
                     continue
                 try:
@@ -396,8 +420,10 @@ def main() -> None:
                     failed[system] = f"{type(exc).__name__}: {exc}"
                 print(f"round {round_ + 1}: {system} done", file=sys.stderr, flush=True)
 
+    durability = "fsync off" if args.fsync_off else "default durability (fsync on)"
+    print(f"\n{machine()}; PostgreSQL cluster at {durability}")
     print(
-        f"\nN={args.jobs} no-op jobs, concurrency={args.concurrency}, rounds={args.rounds}, "
+        f"N={args.jobs} no-op jobs, concurrency={args.concurrency}, rounds={args.rounds}, "
         f"latency: {args.latency_jobs} jobs, gap {args.gap * 1000:.0f} ms"
     )
     print(f"{'system':<14} {'jobs/s (median)':>16} {'runs':>28} {'p50 ms':>8} {'p99 ms':>8}")
@@ -416,6 +442,21 @@ def main() -> None:
     peers = [statistics.median(rates[s]) for s in systems if s != "trio_monitor" and rates[s]]
     if ours and peers:
         print(f"\ntrio_monitor / best peer throughput: {statistics.median(ours) / max(peers):.2f}x")
+    if args.plot:
+        suffix = "_fsync_off" if args.fsync_off else ""
+        done = [s for s in systems if s not in failed]
+        cdf_chart(
+            f"postgres_latency{suffix}",
+            f"enqueue to start, idle workers, PostgreSQL at {durability}",
+            {s: [x * 1000 for x in lats[s] if x > 0] for s in done},
+            xlabel="milliseconds (log scale)",
+        )
+        bar_chart(
+            f"postgres_throughput{suffix}",
+            f"{args.jobs:,} no-op jobs, {args.concurrency} workers, PostgreSQL at {durability}",
+            Samples({s: rates[s] for s in done}),
+            label="jobs per second (median, range)",
+        )
 
 
 if __name__ == "__main__":

@@ -5,24 +5,25 @@ return; set the token; time ``join_all``. Baseline: N tasks in a plain
 nursery that each wait on a ``trio.Event``; set it; time until the nursery
 has exited. The spawn phase (spawning plus letting every task start and
 park) is timed too, and a separate set of rounds measures the tracemalloc
-peak of a whole round. Rounds alternate between the two in one process;
-ratios are medians of per-round ratios.
+peak of a whole round. One warm-up, then rounds alternating between the
+two in one process; medians, ranges, and ratios as medians of per-round
+ratios.
 
-    python benchmarks/bench_registry.py [--quick]
+    python benchmarks/bench_registry.py [--quick] [--rounds R]
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 
 import trio
 import trio.testing
+from _harness import alternate, arguments, collect, machine, table
 
 import trio_monitor as tm
 
@@ -62,61 +63,55 @@ def timed(fn: Callable[[int], object], n: int) -> Phases:
     return result
 
 
-def peak_memory(fn: Callable[[int], object], n: int) -> int:
+def peak_memory(fn: Callable[[int], object], n: int) -> float:
     gc.collect()
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
         trio.run(fn, n)  # type: ignore[arg-type]
-        return tracemalloc.get_traced_memory()[1]
+        return float(tracemalloc.get_traced_memory()[1])
     finally:
         tracemalloc.stop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small smoke run")
-    args = parser.parse_args()
-    n, rounds, mem_rounds = (1_000, 3, 1) if args.quick else (10_000, 15, 5)
-
-    timed(registry_round, n)  # warm-up
-    timed(nursery_round, n)
-    reg: list[Phases] = []
-    bare: list[Phases] = []
-    for i in range(rounds):
-        # Alternate which goes first, so drift hits both alike.
-        order = [(registry_round, reg), (nursery_round, bare)]
-        for fn, out in order if i % 2 == 0 else reversed(order):
-            out.append(timed(fn, n))
-    reg_mem: list[int] = []
-    bare_mem: list[int] = []
-    for _ in range(mem_rounds):
-        reg_mem.append(peak_memory(registry_round, n))
-        bare_mem.append(peak_memory(nursery_round, n))
-
-    def med(xs: list[float]) -> float:
-        return statistics.median(xs)
-
-    rows = []
-    for phase, idx in (("spawn", 0), ("join", 1)):
-        r = med([x[idx] for x in reg])
-        b = med([x[idx] for x in bare])
-        ratio = med([x[idx] / y[idx] for x, y in zip(reg, bare, strict=True)])
-        rows.append((phase, r * 1e3, b * 1e3, ratio))
-    r_mem = med([float(m) for m in reg_mem])
-    b_mem = med([float(m) for m in bare_mem])
-    mem_ratio = med([x / y for x, y in zip(reg_mem, bare_mem, strict=True)])
-
+    args = arguments(__doc__.splitlines()[0]).parse_args()
+    n = 1_000 if args.quick else 10_000
+    rounds = args.rounds or (3 if args.quick else 15)
+    mem_rounds = 1 if args.quick else 5
+    systems = {"registry": registry_round, "nursery": nursery_round}
+    results = alternate({name: partial(timed, fn, n) for name, fn in systems.items()}, rounds)
+    memory = collect(
+        alternate(
+            {name: partial(peak_memory, fn, n) for name, fn in systems.items()},
+            mem_rounds,
+            warmup=False,
+        ),
+        float,
+    )
     print(
         f"task registry vs bare nursery: {n} tasks, {rounds} timed rounds, "
-        f"{mem_rounds} memory rounds; Python {sys.version.split()[0]}, Trio {trio.__version__}"
+        f"{mem_rounds} memory rounds"
     )
-    print(f"{'phase':<22}{'registry':>12}{'nursery':>12}{'ratio':>8}")
-    for phase, r, b, ratio in rows:
-        print(f"{phase + ' (ms, median)':<22}{r:>12.1f}{b:>12.1f}{ratio:>8.2f}")
-    print(f"{'peak memory (MB)':<22}{r_mem / 1e6:>12.2f}{b_mem / 1e6:>12.2f}{mem_ratio:>8.2f}")
-    per_task = [(x - y) / n for x, y in zip(reg_mem, bare_mem, strict=True)]
-    print(f"extra peak memory per task: {med(per_task):.0f} bytes")
+    print(f"{machine()}; Trio {trio.__version__}")
+    for phase, index in (("spawn", 0), ("join", 1)):
+        print(f"{phase} phase")
+        print(
+            table(
+                collect(results, lambda p, i=index: p[i]),
+                unit="ms",
+                scale=1e3,
+                spec=".1f",
+                baselines=["nursery"],
+            )
+        )
+    print("peak traced memory")
+    print(table(memory, unit="MB", scale=1e-6, spec=".2f", baselines=["nursery"]))
+    extra = [
+        (r - b) / n
+        for r, b in zip(memory.values["registry"], memory.values["nursery"], strict=True)
+    ]
+    print(f"extra peak memory per task: {statistics.median(extra):.0f} bytes")
 
 
 if __name__ == "__main__":

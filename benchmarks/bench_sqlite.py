@@ -13,33 +13,38 @@ enqueued no-op jobs (enqueueing is not timed):
   ``Succeeded`` is written (counted by an ``on_state_change`` hook), with
   the default :class:`~trio_monitor.jobs.ServerConfig` and with more workers
   and bigger claim batches.
-* **huey**: ``SqliteHuey`` (its defaults: WAL, SQLite's default
-  ``synchronous=FULL``; and once more with ``synchronous=NORMAL``, like the
-  others) with its consumer embedded the documented way
+* **huey**: ``SqliteHuey`` with its consumer embedded the documented way
   (``huey.create_consumer(workers=..., worker_type="thread")``,
-  ``consumer.start()``), from ``start()`` until the last task's result is
-  stored (counted by a ``SIGNAL_COMPLETE`` handler, which huey sends after
-  storing the result).
+  ``consumer.start()``), from ``start()`` until the last task has run
+  (counted by a ``SIGNAL_COMPLETE`` handler). Its task returns nothing, like
+  the job server's worker (so huey stores no result). Two rows:
 
-Rounds alternate between the systems in one process; each system's figure
-is the median of its rounds, and its ratio to the floor is the median of the
+  * **matched**: 8 threads against the JobServer's 8 workers, WAL and
+    ``synchronous=NORMAL`` like the floor and the job server;
+  * **default vs default**: huey's own defaults (1 worker thread, WAL,
+    SQLite's default ``synchronous=FULL``: an fsync per commit) against the
+    JobServer's defaults. Labelled as such; it compares out-of-the-box
+    behaviour, not equal work.
+
+One warm-up of every system, then rounds in an order rotated each round, in
+one process, a fresh database file per run; each figure is the median of
+its rounds (with their range), and each ratio to the floor the median of the
 per-round ratios.
 
-    python benchmarks/bench_sqlite.py [--quick] [--jobs N] [--rounds R] [--dir D]
+    python benchmarks/bench_sqlite.py [--quick] [--jobs N] [--rounds R] [--dir D] [--plot]
     python benchmarks/bench_sqlite.py --profile [--workers W] [--batch B]
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import importlib.util
 import io
+import itertools
 import logging
 import pstats
 import sqlite3
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -48,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _harness import alternate, arguments, bar_chart, collect, machine, table
 from _sqlite_floor import raw_round
 
 from trio_monitor import jobs
@@ -61,6 +67,8 @@ SERVER_SETTINGS: list[tuple[str, int | None, int | None]] = [
     ("JobServer, 64 workers, batch 64", 64, 64),
 ]
 HUEY_WORKERS = 8
+MATCHED_HUEY = f"huey, {HUEY_WORKERS} threads, synchronous=NORMAL (matched)"
+DEFAULT_HUEY = "huey, its defaults: 1 thread, synchronous=FULL (default vs default)"
 
 
 # -- the job server -----------------------------------------------------------
@@ -140,7 +148,7 @@ async def server_round(path: Path, n: int, workers: int | None, batch: int | Non
 # -- huey -----------------------------------------------------------------------
 
 
-def huey_round(path: Path, n: int, synchronous: str | None) -> float:
+def huey_round(path: Path, n: int, workers: int, synchronous: str | None) -> float:
     from huey import SqliteHuey, signals  # type: ignore[import-untyped]
 
     class Huey(SqliteHuey):  # type: ignore[misc]
@@ -160,8 +168,10 @@ def huey_round(path: Path, n: int, synchronous: str | None) -> float:
     huey = Huey("bench", filename=str(path))
 
     @huey.task()  # type: ignore[untyped-decorator]
-    def noop(i: int) -> int:
-        return i  # huey stores no result for None (store_none=False)
+    def noop(i: int) -> None:
+        # Returns nothing, like the job server's worker: huey then stores no
+        # result (store_none=False); SIGNAL_COMPLETE still marks the end.
+        pass
 
     for i in range(n):
         noop(i)
@@ -177,13 +187,14 @@ def huey_round(path: Path, n: int, synchronous: str | None) -> float:
             if completed == n:
                 all_done.set()
 
-    consumer = huey.create_consumer(workers=HUEY_WORKERS, worker_type="thread", periodic=False)
+    consumer = huey.create_consumer(workers=workers, worker_type="thread", periodic=False)
     start = time.perf_counter()
     consumer.start()
     all_done.wait()
     elapsed = time.perf_counter() - start
     consumer.stop(graceful=True)
-    assert huey.result_count() == n, (huey.result_count(), n)
+    assert completed == n, (completed, n)
+    assert huey.pending_count() == 0, huey.pending_count()
     huey.storage.close()
     return n / elapsed
 
@@ -206,10 +217,8 @@ def profile(directory: str | None, n: int, workers: int | None, batch: int | Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=None, help="jobs per round (default 5000)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
     parser.add_argument("--dir", default=None, help="where the database files go (default: temp)")
     parser.add_argument("--profile", action="store_true", help="cProfile one JobServer round")
     parser.add_argument("--workers", type=int, default=None, help="--profile: worker_count")
@@ -223,58 +232,75 @@ def main() -> None:
         profile(args.dir, n, args.workers, args.batch)
         return
 
-    systems: list[tuple[str, Callable[[Path], float]]] = []
-    for label, workers, batch in SERVER_SETTINGS[:2] if args.quick else SERVER_SETTINGS:
-        systems.append(
-            (label, lambda p, w=workers, b=batch: trio.run(server_round, p, n, w, b))  # type: ignore[misc]
-        )
-    if importlib.util.find_spec("huey") is not None:
-        systems.append(
-            (f"huey, {HUEY_WORKERS} threads (its defaults)", lambda p: huey_round(p, n, None))
-        )
-        systems.append(
-            (
-                f"huey, {HUEY_WORKERS} threads, synchronous=NORMAL",
-                lambda p: huey_round(p, n, "NORMAL"),
-            )
-        )
-    else:
-        print("huey is not installed (pip install huey): its rows are skipped")
-
-    raw: list[float] = []
-    rates: dict[str, list[float]] = {label: [] for label, _ in systems}
-    per_claim: dict[str, list[float]] = {label: [] for label, _ in systems}
-    per_apply: dict[str, list[float]] = {label: [] for label, _ in systems}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp).resolve()
-        for r in range(rounds):
-            raw.append(raw_round(root / f"raw-{r}.db", n))
-            for s, (label, run) in enumerate(systems):
-                TRIPS.clear()
-                rates[label].append(run(root / f"s{s}-{r}.db"))
-                if TRIPS:
-                    per_claim[label].append(TRIPS["claim"][1] / max(TRIPS["claim"][0], 1))
-                    per_apply[label].append(TRIPS["apply"][1] / max(TRIPS["apply"][0], 1))
-            print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+        files = itertools.count()
 
-    print(f"\nJob server on SQLite: {n} no-op jobs per round, {rounds} round(s), files in {tmp}")
-    print(
-        f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, Trio {trio.__version__}"
-    )
-    width = max(len(label) for label in [*rates, "raw sqlite3"]) + 2
-    print(
-        f"{'system':<{width}}{'jobs/s (median)':>17}{'vs raw floor':>14}"
-        f"{'jobs/claim':>12}{'jobs/apply':>12}"
-    )
-    print(f"{'raw sqlite3, 2 tx per job':<{width}}{statistics.median(raw):>17,.0f}{'1.00':>14}")
-    for label, values in rates.items():
-        ratio = statistics.median(v / f for v, f in zip(values, raw, strict=True))
-        trips = (
-            f"{statistics.median(per_claim[label]):>12.1f}{statistics.median(per_apply[label]):>12.1f}"
-            if per_claim[label]
-            else ""
+        def fresh() -> Path:
+            return root / f"{next(files)}.db"
+
+        systems: dict[str, Callable[[], float]] = {
+            "raw sqlite3, 2 tx per job": lambda: raw_round(fresh(), n)
+        }
+        for label, workers, batch in SERVER_SETTINGS[:2] if args.quick else SERVER_SETTINGS:
+            systems[label] = lambda w=workers, b=batch: trio.run(server_round, fresh(), n, w, b)
+        with_huey = importlib.util.find_spec("huey") is not None
+        if with_huey:
+            systems[MATCHED_HUEY] = lambda: huey_round(fresh(), n, HUEY_WORKERS, "NORMAL")
+            systems[DEFAULT_HUEY] = lambda: huey_round(fresh(), n, 1, None)
+        else:
+            print("huey is not installed (pip install huey): its rows are skipped")
+        trips: dict[str, list[tuple[float, float]]] = {}
+
+        def with_trips(label: str, run: Callable[[], float]) -> Callable[[], float]:
+            def measured() -> float:
+                TRIPS.clear()
+                rate = run()
+                if TRIPS:
+                    trips.setdefault(label, []).append(
+                        (
+                            TRIPS["claim"][1] / max(TRIPS["claim"][0], 1),
+                            TRIPS["apply"][1] / max(TRIPS["apply"][0], 1),
+                        )
+                    )
+                return rate
+
+            return measured
+
+        results = alternate(
+            {label: with_trips(label, run) for label, run in systems.items()},
+            rounds,
+            progress=True,
         )
-        print(f"{label:<{width}}{statistics.median(values):>17,.0f}{ratio:>14.2f}{trips}")
+    rates = collect(results, float)
+
+    print(f"\nJob server on SQLite: {n} no-op jobs per round, {rounds} round(s) after a warm-up")
+    print(f"{machine()}; SQLite {sqlite3.sqlite_version}, Trio {trio.__version__}")
+    print(
+        "Matched durability: raw floor, JobServer and the matched huey row all run WAL with "
+        "synchronous=NORMAL.\nDefault vs default: huey's own defaults (1 worker, "
+        "synchronous=FULL) against the JobServer's (5 workers, batch 10)."
+    )
+    print(table(rates, unit="jobs/s", spec=",.0f", baselines=["raw sqlite3, 2 tx per job"]))
+    for label, per in trips.items():
+        claim = statistics.median(c for c, _ in per)
+        apply = statistics.median(a for _, a in per)
+        print(f"{label}: {claim:.1f} jobs per claim, {apply:.1f} per apply (median)")
+    if with_huey:
+        matched = rates.ratios("JobServer, 8 workers, batch 32", MATCHED_HUEY)
+        default = rates.ratios(SERVER_SETTINGS[0][0], DEFAULT_HUEY)
+        print(
+            f"JobServer / huey, matched (8 workers, NORMAL): {statistics.median(matched):.2f} "
+            f"({min(matched):.2f}-{max(matched):.2f}); default vs default: "
+            f"{statistics.median(default):.2f} ({min(default):.2f}-{max(default):.2f})"
+        )
+    if args.plot:
+        bar_chart(
+            "sqlite_throughput",
+            f"{n:,} no-op jobs on SQLite (WAL)",
+            rates,
+            label="jobs per second (median, range)",
+        )
 
 
 if __name__ == "__main__":

@@ -10,23 +10,23 @@ jobs (one thread hop, one transaction), then ``apply`` B ``Succeeded``
 transitions (one hop, one transaction), until the queue is empty.
 
 Both start from N enqueued jobs in a fresh database file (enqueueing is not
-timed). Rounds alternate between the two in one process; the ratio is the
-median of per-round ratios.
+timed). One warm-up, then rounds in a rotated order in one process; medians,
+ranges, and the ratio as the median of per-round ratios.
 
     python benchmarks/bench_sqlite_storage.py [--quick] [--jobs N] [--rounds R] [--dir D]
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import sqlite3
-import statistics
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
+from _harness import alternate, arguments, collect, machine, table
 from _sqlite_floor import raw_round
 
 from trio_monitor.jobs import Job, Succeeded, Transition
@@ -62,38 +62,32 @@ async def storage_round(path: Path, n: int, batch: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=None, help="jobs per round (default 10000)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
     parser.add_argument(
         "--dir", default=None, help="where the database files go (default: the temp dir)"
     )
     args = parser.parse_args()
     n = args.jobs or (500 if args.quick else 10_000)
     rounds = args.rounds or (1 if args.quick else 5)
-    batches = (1, 10, 32)
+    floor = "raw sqlite3, 2 tx per job"
 
-    raw: list[float] = []
-    ours: dict[int, list[float]] = {b: [] for b in batches}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for r in range(rounds):
-            raw.append(raw_round(Path(tmp) / f"raw{r}.db", n))
-            for b in batches:
-                ours[b].append(trio.run(storage_round, Path(tmp) / f"s{r}-{b}.db", n, b))
+        files = itertools.count()
 
-    print(f"SQLite storage claim+apply, {n} jobs per round, {rounds} round(s), files in {tmp}")
-    print(
-        f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, Trio {trio.__version__}"
-    )
-    print(f"{'system':<32}{'jobs/s (median)':>18}{'vs raw (median ratio)':>24}")
-    print(f"{'raw sqlite3, 2 tx per job':<32}{statistics.median(raw):>18,.0f}{'1.00':>24}")
-    for b in batches:
-        ratios = [o / r for o, r in zip(ours[b], raw, strict=True)]
-        print(
-            f"{f'SQLiteStorage, batch {b}':<32}{statistics.median(ours[b]):>18,.0f}"
-            f"{statistics.median(ratios):>24.2f}"
-        )
+        def fresh() -> Path:
+            return Path(tmp) / f"{next(files)}.db"
+
+        systems: dict[str, Callable[[], float]] = {floor: lambda: raw_round(fresh(), n)}
+        for b in (1, 10, 32):
+            systems[f"SQLiteStorage, batch {b}"] = lambda b=b: trio.run(
+                storage_round, fresh(), n, b
+            )
+        rates = collect(alternate(systems, rounds), float)
+
+    print(f"SQLite storage claim+apply, {n} jobs per round, {rounds} round(s) after a warm-up")
+    print(f"{machine()}; SQLite {sqlite3.sqlite_version}, Trio {trio.__version__}")
+    print(table(rates, unit="jobs/s", spec=",.0f", baselines=[floor]))
 
 
 if __name__ == "__main__":

@@ -18,25 +18,24 @@ received by a consumer task. Three ways:
   (no readiness, no task of its own, so it cannot be stopped without
   stopping the loop), the exception reported the same way. The floor.
 
-Each round runs the three in a rotated order, each in a fresh ``trio.run``,
-after a warm-up; the table gives median CPU times (``time.process_time``)
-over the rounds with their spread (min-max), and the medians of the
-per-round ratios. Run ``python benchmarks/bench_supervisor.py``
-(``--quick`` for a smoke run).
+Each run is a fresh ``trio.run``. One warm-up of each, then rounds in an
+order rotated every round (the shared harness, ``benchmarks/_harness.py``);
+the table gives median CPU times (``time.process_time``) over the rounds
+with their range, and the medians of the per-round ratios. Run ``python
+benchmarks/bench_supervisor.py`` (``--quick`` for a smoke run, ``--plot``
+for a chart).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import platform
-import statistics
 import traceback
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
-from _alternating import alternate, cpu_seconds
+from _harness import alternate, arguments, bar_chart, collect, machine, measure, table
 
 import trio_monitor as tm
 
@@ -126,35 +125,33 @@ VARIANTS: dict[str, Callable[[int], Awaitable[None]]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N=1,000 and 3 rounds")
+    parser = arguments(__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=None, help="restart cycles per run (10,000)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 9)")
     args = parser.parse_args()
     n = args.n or (1_000 if args.quick else 10_000)
     rounds = args.rounds or (3 if args.quick else 9)
 
-    names = list(VARIANTS)
-    for name in names:  # warm-up: imports, code paths
-        cpu_seconds(VARIANTS[name], min(n, 1_000))
-    times = alternate(VARIANTS, n, rounds)
-
+    systems = {
+        name: partial(measure, partial(trio.run, variant, n)) for name, variant in VARIANTS.items()
+    }
+    cpu = collect(alternate(systems, rounds), lambda m: m.cpu)
     print(
-        f"supervisor: {n:,} restart cycles (fail, report, restart, ready), {rounds} rounds, "
-        f"CPython {platform.python_version()}, Trio {trio.__version__}"
+        f"supervisor: {n:,} restart cycles (fail, report, restart, ready), "
+        f"{rounds} rounds after a warm-up: CPU time"
     )
-    print(f"{'variant':<12}{'CPU s':>9}{'min':>9}{'max':>9}{'us/cycle':>10}")
-    for name in names:
-        median = statistics.median(times[name])
-        print(
-            f"{name:<12}{median:>9.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}"
-            f"{median / n * 1e6:>10.1f}"
-        )
-    for base in ("loop+start", "loop"):
-        ratios = [s / b for s, b in zip(times["supervisor"], times[base], strict=True)]
-        print(
-            f"supervisor / {base:<11} median ratio {statistics.median(ratios):.3f} "
-            f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+    print(f"{machine()}; Trio {trio.__version__}")
+    print(table(cpu, unit="s", baselines=["loop+start", "loop"]))
+    print(
+        "per cycle (median): "
+        + ", ".join(f"{name} {cpu.median(name) / n * 1e6:.1f} µs" for name in cpu.values)
+    )
+    if args.plot:
+        bar_chart(
+            "supervisor_restarts",
+            f"{n:,} restart cycles",
+            cpu,
+            label="µs of CPU per restart cycle (median, range)",
+            scale=1e6 / n,
         )
 
 

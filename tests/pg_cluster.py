@@ -6,12 +6,12 @@ Starts a private cluster from the installed server binaries (Debian's
 authentication, and removes it at the end. ``initdb`` and ``pg_ctl`` refuse to
 run as root, so as root they run as the ``postgres`` user.
 
-Used by the pytest fixtures below (``pg_cluster``: one per session;
-``pg_url``: a fresh database per test) and by ``benchmarks/bench_postgres.py``
-(which adds the repository root to ``sys.path``).
-
-Where the binaries are missing the fixtures skip with a message, unless
-``TRIO_MONITOR_REQUIRE_POSTGRES=1`` is set, in which case they fail.
+Plain Python, no pytest: used by the test fixtures (``tests/pg_fixtures.py``)
+and by ``benchmarks/bench_postgres.py`` (which adds the repository root to
+``sys.path``). By default the cluster trades durability for speed (``fsync``,
+``synchronous_commit`` and ``full_page_writes`` off), which is what tests
+want; ``PgCluster.start(durable=True)`` keeps PostgreSQL's own defaults, for
+benchmarks.
 """
 
 from __future__ import annotations
@@ -24,14 +24,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-__all__ = ["PgCluster", "find_bindir", "pg_cluster", "pg_url", "require_postgres"]
-
-REQUIRE_ENV = "TRIO_MONITOR_REQUIRE_POSTGRES"
+__all__ = ["PgCluster", "find_bindir"]
 
 
 def find_bindir() -> Path | None:
@@ -59,8 +54,9 @@ def _free_port() -> int:
 class PgCluster:
     """A running throwaway cluster. Use :meth:`start` and :meth:`stop` (or ``with``)."""
 
-    def __init__(self, bindir: Path, base: Path, port: int) -> None:
+    def __init__(self, bindir: Path, base: Path, port: int, *, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable
         self.base = base
         self.datadir = base / "data"
         self.logfile = base / "server.log"
@@ -71,8 +67,12 @@ class PgCluster:
     # -- lifecycle -----------------------------------------------------------
 
     @classmethod
-    def start(cls, bindir: Path | None = None) -> PgCluster:
-        """initdb + start a new cluster; raise RuntimeError if the binaries are missing."""
+    def start(cls, bindir: Path | None = None, *, durable: bool = False) -> PgCluster:
+        """initdb + start a new cluster; raise RuntimeError if the binaries are missing.
+
+        ``durable``: keep PostgreSQL's default durability (fsync on) instead
+        of turning it off for speed.
+        """
         bindir = bindir or find_bindir()
         if bindir is None:
             raise RuntimeError(
@@ -80,7 +80,7 @@ class PgCluster:
                 "and PATH); install them with `apt-get install -y postgresql`"
             )
         base = Path(tempfile.mkdtemp(prefix="trio-monitor-pg-"))
-        cluster = cls(bindir, base, _free_port())
+        cluster = cls(bindir, base, _free_port(), durable=durable)
         try:
             if cluster._as_postgres:
                 shutil.chown(base, user="postgres", group="postgres")
@@ -103,11 +103,10 @@ class PgCluster:
         return cluster
 
     def _options(self) -> str:
-        return (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} "
+        if not self.durable:
+            options += "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        return options + "-c max_connections=200"
 
     def _pg_ctl_start(self) -> None:
         self._run(
@@ -170,45 +169,3 @@ class PgCluster:
     def drop_database(self, name: str) -> None:
         """Drop a database, disconnecting its sessions."""
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-# -- pytest fixtures ---------------------------------------------------------
-
-
-def require_postgres(reason: str) -> None:
-    """Skip with ``reason``, or fail if ``TRIO_MONITOR_REQUIRE_POSTGRES=1``."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} (and {REQUIRE_ENV}=1 requires PostgreSQL)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    """One throwaway PostgreSQL cluster for the whole test session."""
-    try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
-    except ImportError:
-        require_postgres(
-            "psycopg / psycopg_pool not installed (pip install trio-monitor[postgres])"
-        )
-    if find_bindir() is None:
-        require_postgres(
-            "PostgreSQL server binaries not found: install the `postgresql` package "
-            "to run the PostgreSQL tests"
-        )
-    cluster = PgCluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
-    """A fresh, empty database for one test; dropped afterwards."""
-    url = pg_cluster.create_database()
-    try:
-        yield url
-    finally:
-        pg_cluster.drop_database(url.rsplit("/", 1)[1])

@@ -29,11 +29,12 @@ from trio_monitor._core import (
     callable_name,
     capture,
     coroutine_or_error,
+    deferred_call,
     is_async_function,
     is_outer_cancelled,
     open_component,
 )
-from trio_monitor._failures import describe_exception, describe_reason
+from trio_monitor._failures import Hung, describe_exception, describe_reason
 
 
 async def nothing() -> None:
@@ -142,6 +143,34 @@ async def test_supervisor_reports_synchronously_and_forgets(
         supervisor.close()
     with pytest.raises(RuntimeError, match="closed"):
         supervisor.spawn("late", nothing, (), FINITE)
+
+
+async def test_a_task_failed_or_aborted_before_its_first_step(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A task's cancel scope is made when it starts: a verdict or an abort
+    # given before that still holds. Failed: it starts cancelled, and the
+    # verdict is reported whatever the body makes of it. Aborted: the body
+    # never runs, and nothing is reported.
+    reports: list[TaskFailure] = []
+    steps: list[str] = []
+
+    async def body(name: str) -> None:
+        steps.append(name)
+        await trio.sleep(1)
+        steps.append(name + " woke")  # pragma: no cover - cancelled first
+
+    async with trio.open_nursery() as nursery:
+        supervisor = SupervisedNursery(nursery, reports.append)
+        failed = supervisor.spawn("failed", body, ("failed",), FINITE)
+        aborted = supervisor.spawn("aborted", body, ("aborted",), FINITE)
+        assert failed.scope is None
+        failed.fail(Hung(5.0))
+        aborted.abort()
+        await supervisor.wait_idle()
+        supervisor.close()
+    assert steps == ["failed"]
+    assert [(r.task, r.reason) for r in reports] == [(failed.info, Hung(5.0))]
 
 
 async def test_on_failure_sees_the_state_before_report(
@@ -544,6 +573,61 @@ def test_is_async_function_needs_no_call() -> None:
     coro = nothing()
     assert not is_async_function(coro)
     coro.close()
+
+
+def _async_def(positional: int, defaults: int, varargs: bool, kwonly: int, kwdefaults: int) -> Any:
+    """An ``async def`` function with the given parameter shape."""
+    params = [f"p{i}" + ("=0" if i >= positional - defaults else "") for i in range(positional)]
+    if varargs:
+        params.append("*rest")
+    elif kwonly:
+        params.append("*")
+    params += [f"k{i}" + ("=0" if i < kwdefaults else "") for i in range(kwonly)]
+    namespace: dict[str, Any] = {}
+    exec(f"async def fn({', '.join(params)}):\n    pass", namespace)
+    return namespace["fn"]
+
+
+@given(
+    shape=st.tuples(st.integers(0, 4), st.integers(0, 4), st.booleans())
+    .flatmap(
+        lambda t: st.tuples(
+            st.just(t[0]), st.integers(0, t[0]), st.just(t[2]), st.integers(0, 3), st.integers(0, 3)
+        )
+    )
+    .filter(lambda t: t[4] <= t[3]),
+    given_args=st.integers(0, 6),
+)
+def test_deferred_call_exactly_when_the_arguments_bind(
+    shape: tuple[int, int, bool, int, int], given_args: int
+) -> None:
+    # A deferred call must never fail later: deferred_call says yes exactly
+    # when the interpreter binds the arguments.
+    fn = _async_def(*shape)
+    args = tuple(range(given_args))
+    try:
+        fn(*args).close()
+    except TypeError:
+        binds = False
+    else:
+        binds = True
+    assert deferred_call(fn, args) is binds
+
+
+def test_deferred_call_only_for_plain_async_functions() -> None:
+    assert deferred_call(nothing, ())
+    assert not deferred_call(functools.partial(nothing), ())  # a call tells, not the code
+    assert not deferred_call(Component.method, ())  # self is missing
+    assert not deferred_call(sync_function, ())
+    assert not deferred_call(async_generator, ())
+    assert not deferred_call(AsyncCallable(), ())
+
+
+async def test_a_deferred_task_still_refuses_wrong_arguments_at_spawn() -> None:
+    async with open_component(lambda supervisor: supervisor, lambda failure: None) as supervisor:
+        with pytest.raises(TypeError, match="positional argument"):
+            supervisor.spawn("wrong", fail, (), FINITE)
+        assert not supervisor.tasks
 
 
 def test_callable_name_never_raises() -> None:

@@ -57,8 +57,10 @@ __all__ = [
     "callable_name",
     "capture",
     "coroutine_or_error",
+    "deferred_call",
     "is_async_function",
     "is_outer_cancelled",
+    "not_isolated",
     "open_component",
     "resume",
 ]
@@ -207,6 +209,34 @@ def is_async_function(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
+def deferred_call(async_fn: object, args: tuple[Any, ...]) -> bool:
+    """Whether ``async_fn(*args)`` may wait until its task starts.
+
+    True when ``async_fn`` is a plain ``async def`` function (calling it does
+    nothing but create the coroutine) and ``args`` bind to its parameters,
+    checked from its code object the way the interpreter binds them: the
+    call cannot fail, so nothing is lost by making it later, and no
+    coroutine waits in memory meanwhile. False means "call it now with
+    :func:`coroutine_or_error`", which also raises the interpreter's own
+    :class:`TypeError` for arguments that do not bind.
+    """
+    if type(async_fn) is not types.FunctionType:
+        return False
+    code = async_fn.__code__
+    flags = code.co_flags
+    if not flags & inspect.CO_COROUTINE:
+        return False
+    given, accepted = len(args), code.co_argcount
+    if given > accepted and not flags & inspect.CO_VARARGS:
+        return False  # too many positional arguments
+    defaults = async_fn.__defaults__
+    if given < accepted - (len(defaults) if defaults else 0):
+        return False  # a required positional argument is missing
+    keyword_defaults = async_fn.__kwdefaults__
+    # A keyword-only parameter without a default can never be given here.
+    return code.co_kwonlyargcount == (len(keyword_defaults) if keyword_defaults else 0)
+
+
 def resume(coro: AnyCoroutine) -> AnyCoroutine:
     """``capture(resume, (coro,))`` runs a coroutine created earlier.
 
@@ -230,17 +260,30 @@ async def capture(async_fn: AsyncFn, args: tuple[Any, ...]) -> Exception | None:
     outer cancellation while a child failed) is split: the non-``Exception``
     part propagates, and the ``Exception`` part is dropped, because the task
     is being stopped anyway and those errors must not escape into the
-    supervisor's nursery.
+    supervisor's nursery (see :func:`not_isolated`).
+
+    The hot paths (a supervised task's body, a runtime job) spell the same
+    ``try`` out inline, to save a coroutine frame per task.
     """
     try:
         await async_fn(*args)
     except Exception as exc:
         return exc
     except BaseExceptionGroup as group:
-        _, others = group.split(Exception)
-        assert others is not None  # an all-Exception group is an Exception
-        raise others  # noqa: B904 - the group stays as its __context__
+        raise not_isolated(group)  # noqa: B904 - the group stays as its __context__
     return None
+
+
+def not_isolated(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The part of a body's mixed exception group that must propagate.
+
+    Raise it from the ``except BaseExceptionGroup`` clause that caught
+    ``group`` (so that the group stays reachable as its ``__context__``); the
+    ``Exception`` part is dropped, see :func:`capture`.
+    """
+    _, others = group.split(Exception)
+    assert others is not None  # an all-Exception group is an Exception
+    return others
 
 
 class TaskState:
@@ -253,7 +296,9 @@ class TaskState:
         self.name = name
         # What the component attaches to the task (the registry: kind, spawn time).
         self.meta = meta
-        self.scope = trio.CancelScope()
+        # Made when the task starts: a task waiting to start is stopped by
+        # the flag alone, and holds one object less until then.
+        self.scope: trio.CancelScope | None = None
         self.aborted = False
         self.done = False
         # Why the supervisor cancelled it as failed (a watchdog's Hung), if it did.
@@ -268,10 +313,13 @@ class TaskState:
         """Cancel the task and mark it as intentionally stopped.
 
         The flag is set first and is a plain attribute store, so this is also
-        safe from a finalizer: once it is set the task is never reported.
+        safe from a finalizer: once it is set the task is never reported. A
+        task that has not started has no scope yet: the flag alone keeps its
+        body from ever running.
         """
         self.aborted = True
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
 
     def fail(self, reason: FailureReason) -> None:
         """Cancel the task as failed: it is reported with ``reason``.
@@ -284,7 +332,8 @@ class TaskState:
         if self.aborted or self.done:
             return
         self.verdict = reason
-        self.scope.cancel()
+        if self.scope is not None:  # else it starts cancelled (see _run)
+            self.scope.cancel()
 
     def mark_done(self) -> None:
         self.done = True
@@ -369,8 +418,11 @@ class SupervisedNursery:
     ) -> TaskState:
         """Start ``async_fn(*args)`` as a supervised task called ``name``.
 
-        The call to ``async_fn`` happens here (:func:`coroutine_or_error`),
-        so a non-async callable raises :class:`TypeError` at once. While
+        ``async_fn`` is checked here, so a non-async callable or arguments
+        that do not bind raise :class:`TypeError` at once: it is called here
+        (:func:`coroutine_or_error`), unless :func:`deferred_call` shows that
+        the call cannot fail, in which case the task makes it when it
+        starts. While
         the supervisor is :attr:`stopping`, the task is born aborted: it is
         listed until its first step, then ends without running or being
         reported, and a warning is logged.
@@ -380,13 +432,19 @@ class SupervisedNursery:
             :func:`coroutine_or_error`).
           RuntimeError: The nursery has exited (the component's block is over).
         """
-        coro = coroutine_or_error(async_fn, args)
+        if deferred_call(async_fn, args):
+            # Called when the task starts: no coroutine waits in the queue
+            # (one object less per task for the garbage collector to scan).
+            body, body_args = async_fn, args
+        else:
+            body, body_args = resume, (coroutine_or_error(async_fn, args),)
         state = TaskState(name, meta)
         born_aborted = state.aborted = self._closing or self._aborting > 0
         try:
-            self._nursery.start_soon(self._run, state, coro, policy, name=name)
+            self._nursery.start_soon(self._run, state, body, body_args, policy, name=name)
         except RuntimeError as exc:
-            coro.close()
+            if body is resume:
+                body_args[0].close()
             raise RuntimeError(
                 f"cannot spawn {name!r}: the component is closed; spawn inside its async with block"
             ) from exc
@@ -400,19 +458,33 @@ class SupervisedNursery:
             )
         return state
 
-    async def _run(self, state: TaskState, coro: AnyCoroutine, policy: FailurePolicy) -> None:
+    async def _run(
+        self, state: TaskState, body: AsyncFn, args: tuple[Any, ...], policy: FailurePolicy
+    ) -> None:
         exc: Exception | None = None
         returned = False
         try:
             try:
-                with state.scope:
+                with trio.CancelScope() as state.scope:
                     if state.aborted:
                         # Aborted (or born aborted) before its first step: the
                         # body never starts.
-                        coro.close()
+                        if body is resume:
+                            args[0].close()
                     else:
-                        exc = await capture(resume, (coro,))
-                        returned = exc is None
+                        if state.verdict is not None:
+                            # Failed by the supervisor before its first step:
+                            # it starts cancelled (see fail).
+                            state.scope.cancel()
+                        # capture(), inline: no frame of its own per task.
+                        try:
+                            await body(*args)
+                        except Exception as caught:
+                            exc = caught
+                        except BaseExceptionGroup as group:
+                            raise not_isolated(group)  # noqa: B904 - see capture
+                        else:
+                            returned = True
             except Exception as group:
                 # What an exception group keeps once our own scope has taken
                 # its Cancelled out of it.
@@ -421,7 +493,12 @@ class SupervisedNursery:
             self._forget(state)
         if state.aborted or self._closing:
             return
-        reason = state.verdict if state.verdict is not None else policy.classify(returned, exc)
+        if state.verdict is not None:
+            reason: FailureReason | None = state.verdict
+        elif exc is None and not policy.runs_forever:
+            return  # a one-shot task's success: nothing to classify
+        else:
+            reason = policy.classify(returned, exc)
         if reason is not None and not is_outer_cancelled():
             self._deliver(state, TaskFailure(state.info, reason))
 

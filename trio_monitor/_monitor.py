@@ -49,7 +49,7 @@ def _abort_dropped(state: TaskState, token: trio.lowlevel.TrioToken) -> None:
         return
     state.aborted = True
     with suppress(trio.RunFinishedError):
-        token.run_sync_soon(state.scope.cancel)
+        token.run_sync_soon(state.abort)
 
 
 class TaskHandle:
@@ -146,9 +146,12 @@ class TaskMonitor:
 
     Get one from :func:`open_monitor`. Spawning is synchronous, like
     :meth:`trio.Nursery.start_soon`: the task starts at the next scheduling
-    point. Like ``start_soon``, every ``spawn_*`` method calls ``async_fn``
+    point. Like ``start_soon``, every ``spawn_*`` method checks ``async_fn``
     at once, so a coroutine object, a synchronous function or wrong
-    arguments raise :exc:`TypeError` in the spawning code. While the
+    arguments raise :exc:`TypeError` in the spawning code. (A plain ``async
+    def`` function whose arguments bind is called when its task starts: the
+    call cannot fail then, and no coroutine waits in memory meanwhile. Any
+    other callable is called at spawn, as ``start_soon`` does.) While the
     monitor's block is ending, a spawn is born aborted: the task never runs
     and is not reported, and a warning is logged (so that a task respawning
     itself in its ``finally`` cannot keep the block from exiting). After the
@@ -186,7 +189,8 @@ class TaskMonitor:
         args: tuple[object, ...],
         policy: FailurePolicy,
     ) -> TaskHandle:
-        check_str("task name", name, allow_empty=True)
+        if type(name) is not str:
+            check_str("task name", name, allow_empty=True)
         return TaskHandle(self._supervisor.spawn(name, async_fn, args, policy), self._token)
 
     def spawn_infinite(

@@ -55,6 +55,7 @@ from ._core import (
     capture,
     coroutine_or_error,
     is_async_function,
+    not_isolated,
     open_component,
     resume,
 )
@@ -234,7 +235,6 @@ class _Engine:
     """The runtime's state and workers, shared by the runtime and its handles."""
 
     __slots__ = (
-        "_accepted",
         "_broadcaster",
         "_cancelled",
         "_closed",
@@ -272,8 +272,10 @@ class _Engine:
         self._max_workers = config.max_concurrent_tasks
         self._pending: deque[_Job] = deque()
         self._waiters: deque[_Waiter] = deque()
-        # Idle workers park here until a job arrives.
-        self._idle = trio.lowlevel.ParkingLot()
+        # Idle workers park here until a job arrives, the longest idle
+        # first to wake. (A deque and Trio's lowlevel wait, not a
+        # ParkingLot: this is on every job's path when workers go idle.)
+        self._idle: deque[trio.lowlevel.Task] = deque()
         # Workers started or woken that have not looked at the deque yet:
         # they will take that many queued jobs, so nobody else is woken for them.
         self._summoned = 0
@@ -285,7 +287,6 @@ class _Engine:
         self._draining: trio.Event | None = None
         self._drained = False
         self._counts_before_drain = (0, 0)
-        self._accepted = 0
         self._running = 0
         self._succeeded = 0
         self._failed = 0
@@ -312,42 +313,45 @@ class _Engine:
 
     # --- accepting jobs ---
 
-    def spawn(self, job: _Job) -> None:
+    def offer(self, job: _Job) -> bool:
+        """Accept ``job`` if the deque has room; False if it is full.
+
+        Raises RuntimeClosed (the job discarded) once the runtime is closed.
+        """
         if self._closed:
             _discard(job)
             raise RuntimeClosed()
         if len(self._pending) >= self._max_queue:
+            return False
+        self._accept(job)
+        return True
+
+    def spawn(self, job: _Job) -> None:
+        if not self.offer(job):
             self._rejected += 1
             _discard(job)
             raise QueueFull()
-        self._accept(job)
 
     def _accept(self, job: _Job) -> None:
         pending = self._pending
         pending.append(job)
-        self._accepted += 1
         if len(pending) > self._summoned:
             # Nobody on the way will take this job: wake an idle worker, or
             # start one while there are fewer than max_concurrent_tasks.
-            if self._idle.unpark(count=1):
+            if self._idle:
+                trio.lowlevel.reschedule(self._idle.popleft())
                 self._summoned += 1
             elif len(self._supervisor.tasks) < self._max_workers:
                 self._supervisor.spawn(_WORKER_NAME, self.work, (), FINITE)
                 self._summoned += 1
 
-    async def spawn_wait(self, job: _Job) -> None:
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            _discard(job)
-            raise
-        if self._closed:
-            _discard(job)
-            raise RuntimeClosed()
-        if len(self._pending) < self._max_queue:
-            self._accept(job)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
+    async def wait_for_room(self, job: _Job) -> None:
+        """Queue up, job in hand, until a worker frees a slot for it.
+
+        The deque is full: a worker that pops a job moves ours into the slot
+        it freed and wakes us (accepted), or the runtime closes and wakes us
+        with RuntimeClosed. Cancelled while waiting: the job is not accepted.
+        """
         waiter = _Waiter(job, trio.lowlevel.current_task())
         waiters = self._waiters
         waiters.append(waiter)
@@ -357,8 +361,6 @@ class _Engine:
             _discard(job)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        # A worker moves our job into the deque and wakes us (accepted), or
-        # the runtime closes and wakes us with RuntimeClosed.
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     # --- running jobs ---
@@ -370,18 +372,30 @@ class _Engine:
         checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
         while True:
             self._summoned -= 1
-            while pending:
+            # Jobs that summoned workers are on their way to take are theirs:
+            # taking one here would leave its worker to wake up for nothing
+            # (a task switch per job when workers keep going idle).
+            while len(pending) > self._summoned:
                 job = pending.popleft()
                 if waiters:
                     # The slot just freed goes to the longest waiting caller.
+                    # The deque keeps its length and this worker goes on
+                    # popping, so nobody needs summoning (see _accept).
                     waiter = waiters.popleft()
-                    self._accept(waiter.job)
+                    pending.append(waiter.job)
                     trio.lowlevel.reschedule(waiter.task)
                 self._running += 1
                 timed_out = False
                 try:
                     if job_timeout is None:
-                        exc = await capture(job[0], job[1])
+                        # capture(), inline: no frame of its own per job.
+                        exc = None
+                        try:
+                            await job[0](*job[1])
+                        except Exception as caught:
+                            exc = caught
+                        except BaseExceptionGroup as group:
+                            raise not_isolated(group)  # noqa: B904 - see capture
                     else:
                         exc, timed_out = await self._run_with_timeout(job, job_timeout)
                     # Stopped while it ran, by the drain deadline or from
@@ -402,7 +416,19 @@ class _Engine:
                     self._job_failed(job, exc, timed_out)
             if self._closed:
                 return
-            await self._idle.park()
+            await self._park()
+
+    async def _park(self) -> None:
+        """Wait, idle, until a job or the shutdown wakes this worker."""
+        idle = self._idle
+        task = trio.lowlevel.current_task()
+        idle.append(task)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            idle.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     @staticmethod
     async def _run_with_timeout(job: _Job, seconds: float) -> tuple[Exception | None, bool]:
@@ -480,7 +506,10 @@ class _Engine:
             waiter = waiters.popleft()
             _discard(waiter.job)
             trio.lowlevel.reschedule(waiter.task, outcome.Error(RuntimeClosed()))
-        self._summoned += len(self._idle.unpark_all())
+        idle = self._idle
+        self._summoned += len(idle)
+        while idle:
+            trio.lowlevel.reschedule(idle.popleft())
 
     def _drop_pending(self) -> None:
         """Count what is still queued as never started, and forget it."""
@@ -676,7 +705,19 @@ class RuntimeHandle:
           TypeError: As :meth:`spawn`, before any wait.
           RuntimeClosed: The runtime is closed, or closed while this waited.
         """
-        await self._engine.spawn_wait(_new_job(async_fn, args, name, request_id))
+        # The handle does the waiting itself: a coroutine layer less on the
+        # common path, which a producer resumes through for every job.
+        engine = self._engine
+        job = _new_job(async_fn, args, name, request_id)
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            _discard(job)
+            raise
+        if engine.offer(job):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            await engine.wait_for_room(job)
 
     def spawn_from_thread(
         self,
@@ -725,7 +766,7 @@ class RuntimeHandle:
         engine = self._engine
         try:
             trio.from_thread.run(
-                lambda: engine.spawn_wait(_new_job(async_fn, args, name, request_id)),
+                lambda: self.spawn_wait(async_fn, *args, name=name, request_id=request_id),
                 trio_token=engine.token,
             )
         except trio.RunFinishedError:

@@ -9,7 +9,8 @@ import pytest
 
 from tests.cli.runner import Cli
 from tests.jobs.storage_backends import BACKENDS, Backend
-from tests.pg_cluster import PgCluster, pg_cluster, pg_url  # noqa: F401  (PostgreSQL fixtures)
+from tests.pg_cluster import PgCluster
+from tests.pg_fixtures import pg_cluster, pg_url  # noqa: F401  (PostgreSQL fixtures)
 
 
 @pytest.fixture(

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.jobs.storage_backends import BACKENDS, Backend
-from tests.pg_cluster import pg_cluster, pg_url  # noqa: F401  (PostgreSQL fixtures)
+from tests.pg_fixtures import pg_cluster, pg_url  # noqa: F401  (PostgreSQL fixtures)
 from trio_monitor.jobs import Storage, open_storage
 
 # -- backends the job-server tests run on -----------------------------------
