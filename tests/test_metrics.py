@@ -124,17 +124,23 @@ def test_only_the_end_of_a_run_is_counted(
     assert counted == len(ends)
 
 
-async def test_counts_export_every_state_from_storage() -> None:
+async def test_counts_export_every_state_of_every_queue_from_storage() -> None:
     registry = CollectorRegistry()
     async with jobs.open_storage("memory://") as storage:
         counts = metrics.JobCountsCollector(metrics.storage_counts(storage), registry=registry)
         assert _sample(registry, "trio_monitor_jobs", queue="*", state="enqueued") is None
+        await counts.refresh()  # no job yet: zeros under the catch-all label
+        assert _sample(registry, "trio_monitor_jobs", queue="*", state="enqueued") == 0
         await storage.enqueue(jobs.Job.new("a", None))
         await storage.enqueue(jobs.Job.new("a", None))
+        await storage.enqueue(jobs.Job.new("a", None, queue="emails"))
         await counts.refresh()
-    assert _sample(registry, "trio_monitor_jobs", queue="*", state="enqueued") == 2
-    for state in metrics.STATE_NAMES:
-        assert _sample(registry, "trio_monitor_jobs", queue="*", state=state) is not None
+    assert _sample(registry, "trio_monitor_jobs", queue="default", state="enqueued") == 2
+    assert _sample(registry, "trio_monitor_jobs", queue="emails", state="enqueued") == 1
+    assert _sample(registry, "trio_monitor_jobs", queue="*", state="enqueued") is None
+    for queue in ("default", "emails"):
+        for state in metrics.STATE_NAMES:
+            assert _sample(registry, "trio_monitor_jobs", queue=queue, state=state) is not None
     assert (_sample(registry, "trio_monitor_jobs_read_timestamp_seconds") or 0) > 0
 
 

@@ -10,7 +10,7 @@ command wires all of this up; a program that runs its own
     server = jobs.JobServer(config, storage, workers,
                             middleware=[job_metrics.middleware],
                             on_state_change=job_metrics.on_state_change)
-    counts = metrics.JobCountsCollector(metrics.storage_counts(storage), registry=registry)
+    counts = metrics.JobCountsCollector(jobs.Client(storage).counts, registry=registry)
     nursery.start_soon(counts.run)               # refreshes counts from the database
     registry.register(metrics.StatisticsCollector("monitor", monitor))
 
@@ -70,7 +70,7 @@ logger = logging.getLogger("trio_monitor.metrics")
 
 #: Every state a job can be in, so each one is exported (as 0 when empty).
 STATE_NAMES = tuple(cls.name for cls in get_args(jobs.JobState))
-#: The queue label of counts from a source that cannot split them by queue.
+#: The queue label of the zero counts exported while the database has no job.
 ALL_QUEUES = "*"
 
 #: Histogram buckets (seconds): jobs run from milliseconds to minutes.
@@ -161,17 +161,12 @@ CountsSource = Callable[[], Awaitable[Mapping[tuple[str, str], int]]]
 
 
 def storage_counts(storage: jobs.Storage) -> CountsSource:
-    """A :data:`CountsSource` reading ``storage.count_by_state()``.
+    """A :data:`CountsSource` reading :meth:`jobs.Client.counts` on ``storage``.
 
-    Storage counts by state only, so the ``queue`` label is ``"*"`` (all
-    queues).
+    The figures are the database's, per real queue: ``queue`` is the job's
+    queue name.
     """
-
-    async def read() -> Mapping[tuple[str, str], int]:
-        counts = await storage.count_by_state()
-        return {(ALL_QUEUES, state): n for state, n in counts.items()}
-
-    return read
+    return jobs.Client(storage).counts
 
 
 class JobCountsCollector(Collector):

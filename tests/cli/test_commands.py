@@ -32,7 +32,7 @@ def test_a_worker_process_runs_jobs_and_listings_show_them(cli: Cli) -> None:
     assert server["queues"] == ["default"]
 
     listed = cli.json("jobs")
-    assert [job["id"] for job in listed] == [added, failing]
+    assert [job["id"] for job in listed] == [failing, added]  # newest first
     assert [job["id"] for job in cli.json("jobs", "--state", "succeeded")] == [added]
     assert [job["id"] for job in cli.json("jobs", "--method", "fail")] == [failing]
     assert cli.json("jobs", "--queue", "other") == []
@@ -51,7 +51,8 @@ def test_a_worker_process_runs_jobs_and_listings_show_them(cli: Cli) -> None:
     assert "Traceback" not in log.split("failed attempt")[0]
 
 
-def test_enqueue_options_are_stored(cli: Cli) -> None:
+def test_enqueue_options_are_stored(shared_cli: Cli) -> None:
+    cli = shared_cli
     job_id = cli.ok(
         "enqueue",
         "add",
@@ -70,7 +71,8 @@ def test_enqueue_options_are_stored(cli: Cli) -> None:
     assert cli.job(cli.ok("enqueue", "noop").strip())["payload"] is None
 
 
-def test_delete_and_not_found(cli: Cli) -> None:
+def test_delete_and_not_found(shared_cli: Cli) -> None:
+    cli = shared_cli
     job_id = cli.ok("enqueue", "add", '{"a": 1, "b": 1}').strip()
     assert cli.ok("delete", job_id).strip() == f"deleted {job_id}"
     assert cli.job(job_id)["state"] == "deleted"

@@ -46,6 +46,18 @@ def _usage_error(done_stderr: str) -> None:
         pytest.param(["enqueue", "add", "{"], "not valid JSON", id="json"),
         pytest.param(["enqueue", "add", "--delay", "-1"], "-1", id="negative-delay"),
         pytest.param(["jobs", "--state", "sleeping"], "sleeping", id="state"),
+        pytest.param(["queues", "--storage", "foo://x"], "unsupported storage URL", id="queues"),
+        pytest.param(
+            ["migrate", "--storage", "sqlite:///x.db?bogus=1"], "bogus", id="migrate-option"
+        ),
+        pytest.param(
+            ["migrate", "--check", "--storage", "postgresql://u:pw@127.0.0.1:1/db"],
+            "Connection refused",
+            id="migrate-unreachable",
+        ),
+        pytest.param(["pause"], "Missing argument", id="pause-queue"),
+        pytest.param(["abort"], "Missing argument", id="abort-ids"),
+        pytest.param(["enqueue", "add", "--headers", "[1]"], "JSON object", id="headers"),
         pytest.param(["jobs", "--bogus"], "No such option", id="option"),
         pytest.param(["frobnicate"], "No such command", id="command"),
         pytest.param(

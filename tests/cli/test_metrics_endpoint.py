@@ -36,7 +36,7 @@ def scrape_until(worker: Worker, succeeded: float, scheduled: float) -> Samples:
 
 
 def jobs_in(samples: Samples, state: str) -> float:
-    return samples[("trio_monitor_jobs", frozenset({("queue", "*"), ("state", state)}))]
+    return samples[("trio_monitor_jobs", frozenset({("queue", "default"), ("state", state)}))]
 
 
 def test_metrics_come_from_the_database_in_every_worker_process(cli: Cli) -> None:

@@ -657,19 +657,20 @@ async def test_heartbeat_reclaims_a_dead_servers_job(storage: jobs.Storage) -> N
         assert identity is not None
         assert identity.startswith("test#")
         await recorder.wait_state(orphan.id, jobs.Succeeded)
-        # The dead row goes right after its jobs are reclaimed, in the same
-        # sweep, which may still be finishing while the job already ran.
-        with trio.move_on_after(5):
+        # The pass that requeued the orphan removes the dead row right after;
+        # the requeued job may finish first.
+        with trio.fail_after(10):
+            # Registered; the dead row is gone.
             while {info.id for info in await storage.list_servers()} != {identity}:  # noqa: ASYNC110
                 await trio.sleep(0.01)
-        servers = {info.id for info in await storage.list_servers()}
-        assert servers == {identity}  # registered; the dead row is gone
     assert await storage.list_servers() == []  # deregistered on stop
     job = await storage.get(orphan.id)
     assert job is not None
     assert job.attempts == 2
-    assert recorder.kinds(orphan.id)[0] == ("processing", "enqueued")
-    claim = recorder.of(orphan.id)[1]
+    # The requeue and the claim it wakes are reported by two tasks: with a
+    # storage that wakes claimers at once the claim may be reported first.
+    assert ("processing", "enqueued") in recorder.kinds(orphan.id)[:2]
+    (claim,) = [change for change in recorder.of(orphan.id) if change.old.name == "enqueued"]
     assert isinstance(claim.new, jobs.Processing)
     assert claim.new.server_name == identity
     assert [j.payload for j in seen] == ["orphan"]

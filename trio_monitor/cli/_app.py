@@ -1,7 +1,8 @@
 """The ``trio-monitor`` entry point: the assembled group, and exit statuses.
 
 Commands live one concept to a module (``_worker``, ``_operator``,
-``_demo``, ``_dashboard``), each adding itself to the group of :mod:`._group`; this module
+``_actions``, ``_queues``, ``_migrate``, ``_demo``, ``_dashboard``), each adding
+itself to the group of :mod:`._group`; this module
 imports them, and :func:`main` turns what escapes into an exit status.
 """
 
@@ -13,13 +14,13 @@ from collections.abc import Sequence
 
 import click
 
-from . import _dashboard, _demo, _operator, _worker
+from . import _actions, _dashboard, _demo, _migrate, _operator, _queues, _worker
 from ._group import PROG, cli
 
 __all__ = ["cli", "main"]
 
 #: Importing a command module registers its commands on the group.
-COMMAND_MODULES = (_dashboard, _demo, _operator, _worker)
+COMMAND_MODULES = (_actions, _dashboard, _demo, _migrate, _operator, _queues, _worker)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

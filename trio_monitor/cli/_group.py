@@ -1,7 +1,8 @@
 """The ``trio-monitor`` Click group; each command module adds itself with ``@cli.command()``.
 
 A new command is one decorated function in the module of its concept
-(``_worker``, ``_operator``, ``_demo``); :mod:`._app` imports those modules so
+(``_worker``, ``_operator``, ``_actions``, ``_queues``, ``_migrate``,
+``_demo``); :mod:`._app` imports those modules so
 that their commands are registered.
 """
 

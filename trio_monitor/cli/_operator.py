@@ -1,23 +1,18 @@
-"""Commands that act on the jobs in the database: enqueue, list, show, delete.
+"""Commands that enqueue, list and show jobs, and list servers and recurring templates.
 
-Each command opens the storage, does one thing through the public job API,
-prints, and exits 0 (done), 1 (not found or failed) or 2 (bad input).
-
-The public producer/operator API (``jobs.Client``: ``retry``, ``abort``,
-queue pausing, filtered listings) is not there yet. Until it is, these
-commands go through :func:`_producer` (a job server that is never started:
-its ``enqueue`` and ``delete`` need no running server) and the
-:class:`~trio_monitor.jobs.Storage` protocol. Each command's ``async``
-helper is the one place that switches to the client, and each command still
-to come (``retry``, ``abort``, ``queues``, ``pause``, ``resume``,
-``migrate``) is one more ``@cli.command()`` function here.
+Each command opens the storage, does one thing through :class:`jobs.Client`,
+prints, and exits 0 (done), 1 (not found or failed) or 2 (bad input). The
+commands that act on jobs by id live in :mod:`._actions`, those on queues in
+:mod:`._queues`, ``migrate`` in :mod:`._migrate`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import click
 
@@ -26,18 +21,12 @@ from trio_monitor import jobs
 from ._errors import BadUsage, Failed, run_async
 from ._group import cli
 from ._output import job_json, json_option, print_json, print_table, record_json
-from ._storage import open_cli_storage, storage_option, storage_url
+from ._storage import open_client, storage_option, storage_url
 
-__all__ = ["delete", "enqueue", "job", "list_jobs", "recurring", "servers"]
+__all__ = ["STATES", "enqueue", "job", "list_jobs", "recurring", "servers"]
 
 #: Job states by name, for ``--state``.
 STATES: dict[str, type[jobs.JobState]] = {cls.name: cls for cls in get_args(jobs.JobState)}
-
-
-def _producer(storage: jobs.Storage) -> jobs.JobServer:
-    """Something to enqueue and delete with, without running a server."""
-    config = jobs.ServerConfig(server_name="trio-monitor-cli", worker_count=0)
-    return jobs.JobServer(config, storage, jobs.WorkerRegistry())
 
 
 def _detail(state: jobs.JobState) -> str:
@@ -52,6 +41,8 @@ def _detail(state: jobs.JobState) -> str:
         return f"at {state.enqueue_at:%Y-%m-%d %H:%M:%S}"
     if isinstance(state, jobs.Processing):
         return f"on {state.server_name} since {state.started_at:%H:%M:%S}"
+    if isinstance(state, jobs.Aborted):
+        return state.reason
     return ""
 
 
@@ -67,14 +58,47 @@ def _payload(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
         raise click.BadParameter(f"not valid JSON ({exc})") from None
 
 
-async def _enqueue(
-    url: str, method: str, payload: Any, queue: str, priority: int, delay: float | None
-) -> str:
-    async with open_cli_storage(url) as storage:
+def _headers(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> dict[str, str] | None:
+    if value is None:
+        return None
+    parsed: object = _payload(_ctx, _param, value)
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"expected a JSON object of strings, got {value!r}")
+    headers = cast("dict[str, object]", parsed)
+    if not all(isinstance(v, str) for v in headers.values()):
+        raise click.BadParameter(f"expected a JSON object of strings, got {value!r}")
+    return cast("dict[str, str]", headers)
+
+
+def _trace_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """``headers`` plus the trace context to continue, for ``enqueue --trace``.
+
+    The context is the one active in this process if an SDK made one, else
+    the one the ``TRACEPARENT``/``TRACESTATE`` environment variables carry
+    (how a shell script or a CI step passes its trace on to a child process).
+    """
+    try:
+        from opentelemetry import context, propagate
+
+        from trio_monitor.jobs import tracing
+    except ImportError as exc:  # the message says which extra to install
+        raise BadUsage(str(exc)) from None
+    carrier = {
+        key.lower(): os.environ[key] for key in ("TRACEPARENT", "TRACESTATE") if key in os.environ
+    }
+    token = context.attach(propagate.extract(carrier))
+    try:
+        return tracing.inject_headers(headers)
+    finally:
+        context.detach(token)
+
+
+async def _enqueue(url: str, method: str, payload: Any, options: dict[str, Any]) -> str:
+    async with open_client(url) as client:
         try:
-            return await _producer(storage).enqueue(
-                method, payload, queue=queue, priority=priority, delay=delay
-            )
+            return await client.enqueue(method, payload, **options)
         except (TypeError, ValueError) as exc:
             raise BadUsage(str(exc)) from None
 
@@ -90,29 +114,72 @@ async def _enqueue(
     default=None,
     help="Run it this many seconds from now (the job is Scheduled until then).",
 )
+@click.option(
+    "--unique-key",
+    default=None,
+    help="Store nothing if a live job (queued, scheduled, awaiting retry, running) has "
+    "this key, and print that job's id instead.",
+)
+@click.option(
+    "--lock", default=None, help="At most one job with this lock runs at a time, cluster-wide."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds the job may run (beats the method's and the server's timeout).",
+)
+@click.option(
+    "--headers",
+    metavar="JSON",
+    default=None,
+    callback=_headers,
+    help="Headers carried to the worker (job.headers): a JSON object of strings.",
+)
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="Add the current OpenTelemetry trace context (or TRACEPARENT from the environment) "
+    "to the headers, so the job's span continues the trace (needs the otel extra).",
+)
 @storage_option
-def enqueue(method: str, payload: Any, queue: str, priority: int, delay: float | None) -> None:
-    """Enqueue a job for METHOD with a JSON payload (default null); print its id."""
-    job_id = run_async(partial(_enqueue, storage_url(), method, payload, queue, priority, delay))
-    click.echo(job_id)
+def enqueue(
+    method: str,
+    payload: Any,
+    queue: str,
+    priority: int,
+    delay: float | None,
+    unique_key: str | None,
+    lock: str | None,
+    timeout: float | None,
+    headers: dict[str, str] | None,
+    trace: bool,
+) -> None:
+    """Enqueue a job for METHOD with a JSON payload (default null); print its id.
+
+    With --unique-key, the id printed is that of the live job holding the key,
+    if there is one (nothing new is stored then).
+    """
+    if trace:
+        headers = _trace_headers(headers)
+    options = {
+        "queue": queue,
+        "priority": priority,
+        "delay": delay,
+        "unique_key": unique_key,
+        "lock": lock,
+        "timeout": timeout,
+        "headers": headers,
+    }
+    click.echo(run_async(partial(_enqueue, storage_url(), method, payload, options)))
 
 
 # -- jobs ---------------------------------------------------------------------
 
 
-async def _list(
-    url: str, state: str | None, queue: str | None, method: str | None, limit: int
-) -> list[jobs.Job]:
-    async with open_cli_storage(url) as storage:
-        if queue is None and method is None:
-            return await storage.list_jobs(state=STATES[state] if state else None, limit=limit)
-        # Storage filters by state only: filter the rest here.
-        rows = await storage.list_jobs(state=STATES[state] if state else None)
-        return [
-            job
-            for job in rows
-            if (queue is None or job.queue == queue) and (method is None or job.method == method)
-        ][:limit]
+async def _list(url: str, filters: dict[str, Any]) -> list[jobs.Job]:
+    async with open_client(url) as client:
+        return await client.list_jobs(**filters)
 
 
 @cli.command("jobs")
@@ -122,13 +189,24 @@ async def _list(
 @click.option(
     "--limit", type=click.IntRange(min=0), default=100, show_default=True, help="At most this many."
 )
+@click.option(
+    "--before",
+    metavar="ID",
+    help="Only jobs created before job ID: pass the last id of a page to get the next one.",
+)
 @json_option
 @storage_option
 def list_jobs(
-    state: str | None, queue: str | None, method: str | None, limit: int, as_json: bool
+    state: str | None,
+    queue: str | None,
+    method: str | None,
+    limit: int,
+    before: str | None,
+    as_json: bool,
 ) -> None:
-    """List jobs, oldest first."""
-    rows = run_async(partial(_list, storage_url(), state, queue, method, limit))
+    """List jobs, newest first, filtered by the database."""
+    filters = {"state": state, "queue": queue, "method": method, "limit": limit, "before": before}
+    rows = run_async(partial(_list, storage_url(), filters))
     if as_json:
         print_json([job_json(row) for row in rows])
         return
@@ -154,8 +232,8 @@ def list_jobs(
 
 
 async def _get(url: str, job_id: str) -> jobs.Job | None:
-    async with open_cli_storage(url) as storage:
-        return await storage.get(job_id)
+    async with open_client(url) as client:
+        return await client.get(job_id)
 
 
 @cli.command()
@@ -180,37 +258,12 @@ def job(job_id: str, as_json: bool) -> None:
     )
 
 
-# -- delete ID... -------------------------------------------------------------
-
-
-async def _delete(url: str, job_ids: tuple[str, ...]) -> list[str]:
-    missing: list[str] = []
-    async with open_cli_storage(url) as storage:
-        producer = _producer(storage)
-        for job_id in job_ids:
-            if await producer.delete(job_id):
-                click.echo(f"deleted {job_id}")
-            else:
-                missing.append(job_id)
-    return missing
-
-
-@cli.command()
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
-@storage_option
-def delete(job_ids: tuple[str, ...]) -> None:
-    """Mark jobs Deleted (they are removed for good after the failed-job TTL)."""
-    missing = run_async(partial(_delete, storage_url(), job_ids))
-    if missing:
-        raise Failed(f"no job with id {', '.join(map(repr, missing))}")
-
-
 # -- servers, recurring -------------------------------------------------------
 
 
 async def _servers(url: str) -> list[jobs.ServerInfo]:
-    async with open_cli_storage(url) as storage:
-        return await storage.list_servers()
+    async with open_client(url) as client:
+        return await client.servers()
 
 
 @cli.command()
@@ -239,8 +292,8 @@ def servers(as_json: bool) -> None:
 
 
 async def _recurring(url: str) -> list[jobs.RecurringJob]:
-    async with open_cli_storage(url) as storage:
-        return await storage.list_recurring()
+    async with open_client(url) as client:
+        return await client.recurring()
 
 
 @cli.command()

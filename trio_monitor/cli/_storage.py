@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +20,15 @@ from trio_monitor._failures import describe_exception
 
 from ._errors import BadUsage
 
-__all__ = ["ENV_VAR", "open_cli_storage", "redact", "storage_option", "storage_url"]
+__all__ = [
+    "ENV_VAR",
+    "open_cli_storage",
+    "open_client",
+    "redact",
+    "storage_errors",
+    "storage_option",
+    "storage_url",
+]
 
 ENV_VAR = "TRIO_MONITOR_STORAGE"
 _KEY = "storage_url"
@@ -121,6 +129,28 @@ class _FirstConnectionError(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
 
+@contextlib.contextmanager
+def storage_errors(url: str) -> Generator[None, None, None]:
+    """Turn a failure to reach the storage ``url`` names into :class:`BadUsage`.
+
+    For the calls that open a storage or read its schema: a bad URL, a
+    missing extra, a database that cannot be reached or whose schema is
+    newer than this trio_monitor.
+    """
+    connection_error = _FirstConnectionError()
+    try:
+        with connection_error:
+            yield
+    except ImportError as exc:
+        raise BadUsage(
+            f"storage {redact(url)!r} needs an extra that is not installed ({exc}); "
+            "for PostgreSQL: pip install 'trio-monitor[postgres]'"
+        ) from None
+    except Exception as exc:
+        reason = _reason(connection_error.error or exc, url)
+        raise BadUsage(f"cannot open storage {redact(url)!r}: {reason}") from None
+
+
 @contextlib.asynccontextmanager
 async def open_cli_storage(url: str) -> AsyncGenerator[jobs.Storage, None]:
     """:func:`jobs.open_storage`, with a failure to open it turned into :class:`BadUsage`.
@@ -129,16 +159,13 @@ async def open_cli_storage(url: str) -> AsyncGenerator[jobs.Storage, None]:
     propagates unchanged.
     """
     async with contextlib.AsyncExitStack() as stack:
-        connection_error = _FirstConnectionError()
-        try:
-            with connection_error:
-                storage = await stack.enter_async_context(jobs.open_storage(url))
-        except ImportError as exc:
-            raise BadUsage(
-                f"storage {redact(url)!r} needs an extra that is not installed ({exc}); "
-                "for PostgreSQL: pip install 'trio-monitor[postgres]'"
-            ) from None
-        except Exception as exc:
-            reason = _reason(connection_error.error or exc, url)
-            raise BadUsage(f"cannot open storage {redact(url)!r}: {reason}") from None
+        with storage_errors(url):
+            storage = await stack.enter_async_context(jobs.open_storage(url))
         yield storage
+
+
+@contextlib.asynccontextmanager
+async def open_client(url: str) -> AsyncGenerator[jobs.Client, None]:
+    """A :class:`jobs.Client` on the storage ``url`` names (see :func:`open_cli_storage`)."""
+    async with open_cli_storage(url) as storage:
+        yield jobs.Client(storage)

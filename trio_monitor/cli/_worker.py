@@ -158,7 +158,7 @@ async def _serve_metrics(
 ) -> None:
     from trio_monitor import metrics
 
-    counts = metrics.JobCountsCollector(metrics.storage_counts(storage), registry=registry)
+    counts = metrics.JobCountsCollector(jobs.Client(storage).counts, registry=registry)
     async with contextlib.AsyncExitStack() as stack:
         try:
             bound = await stack.enter_async_context(metrics.serve_metrics(port, registry=registry))
