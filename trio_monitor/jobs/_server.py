@@ -7,16 +7,17 @@ knows scheduling, not SQL.
 
 Everything a start owns lives in a :class:`_ServerRun`, so that a stopped
 server starts again from a clean slate (a fresh shutdown token, a fresh
-identity). Its tasks run under the supervision core's
-:func:`~trio_monitor._core.open_component`, and nothing outlives
+identity). Its tasks are transient children of a one-for-one
+:func:`~trio_monitor.open_supervisor`, and nothing outlives
 :meth:`JobServer.run`. Defence in depth:
 
 * a storage error in any loop is logged and retried with a
   :class:`~trio_monitor.Backoff`; a *closed* storage
   (:exc:`trio.ClosedResourceError`) stops the server, and :meth:`JobServer.run`
   raises it;
-* a task of the server that dies by a bug is reported, replaced after a
-  backoff, and a job it held is put back (its attempt counted, so that a
+* a task of the server that dies by a bug is reported and restarted by the
+  supervisor after a backoff (never once the server is stopping), and a job
+  it held is put back (its attempt counted, so that a
   job that triggers the bug every time ends Failed).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -33,8 +35,8 @@ import attrs
 import trio
 
 from .._backoff import Backoff
-from .._core import FINITE, SupervisedNursery, TaskState, open_component
-from .._failures import TaskFailure, describe_reason
+from .._failures import describe_exception
+from .._supervisor import ChildHandle, Restart, Strategy, Supervisor, open_supervisor
 from .._token import ShutdownToken
 from .._validate import MAX_SECONDS, attrs_count, attrs_seconds, check_seconds, check_str
 from ._client import Client
@@ -66,9 +68,14 @@ logger = logging.getLogger("trio_monitor.jobs")
 #: Bounds on storage calls made while shielded from cancellation, and the
 #: grace a job stopped past ``shutdown_timeout`` gets to finish its cleanup.
 SHIELDED_CALL_TIMEOUT = 5.0
-#: Back-off after a failing storage call (and before replacing a task that
+#: Back-off after a failing storage call (and before restarting a task that
 #: died by a bug), with jitter so that servers do not retry in lock-step.
 ERROR_BACKOFF = Backoff(initial=0.5, multiplier=2.0, max=30.0, jitter=0.25)
+#: The supervisor of the server's tasks never gives up: a task that keeps
+#: dying is restarted for ever, at most once per backoff (each restart is
+#: logged), rather than taking the whole server down with it. The window
+#: doubles as the run after which a task's backoff starts afresh.
+RESTART_WINDOW = ERROR_BACKOFF.max
 
 
 class ServerError(Exception):
@@ -520,33 +527,37 @@ def _call_hook(hook: StateChangeHook | None, job: Job, old: JobState, new: JobSt
 
 @attrs.define(eq=False)
 class _Task:
-    """One of the server's own tasks: what to run, and its current run.
+    """One of the server's own tasks: a transient child of the run's supervisor.
 
-    ``state`` changes when a task that died by a bug is replaced.
+    A run that dies by a bug is restarted by the supervisor (after its
+    backoff); ``ended`` is set once the task is over for good: it returned,
+    it was stopped, or it died while the server was stopping (then it is not
+    replaced).
     """
 
     name: str
     fn: Callable[..., Awaitable[None]]
     args: tuple[Any, ...] = ()
-    state: TaskState | None = None
-    failures: int = 0
+    handle: ChildHandle | None = None
+    runs: int = 0
+    # Inside a run of fn (not between a death and its replacement).
+    active: bool = False
+    ended: trio.Event = attrs.field(factory=trio.Event)
 
     async def wait(self) -> None:
-        """Return once the task (and any replacement of it) has ended."""
-        while True:
-            state = self.state
-            assert state is not None
-            await state.wait()
-            if self.state is state:
-                return
+        """Return once the task is over for good."""
+        await self.ended.wait()
 
     @property
     def done(self) -> bool:
-        return self.state is None or self.state.done
+        return self.ended.is_set()
 
     def abort(self) -> None:
-        if self.state is not None:
-            self.state.abort()
+        """Stop the task for good: it is cancelled, and never reported nor replaced."""
+        if self.handle is not None:
+            self.handle.stop()
+        if not self.active:
+            self.ended.set()
 
 
 @attrs.define(eq=False)
@@ -556,7 +567,6 @@ class _Worker:
     worker_id: str
     mailbox: trio.MemorySendChannel[Job] | None = None
     current: Job | None = None
-    task: _Task | None = None
 
 
 class _ServerRun:
@@ -600,7 +610,8 @@ class _ServerRun:
         self._last_stamp: datetime | None = None
         # Consecutive failures of each loop's storage calls, for its backoff.
         self._failures: dict[str, int] = {}
-        self._supervisor: SupervisedNursery | None = None
+        self._supervisor: Supervisor | None = None
+        self.tasks: list[_Task] = []
         # Waits that stop() interrupts (the fetcher's, the loops' pauses).
         self._waits: set[trio.CancelScope] = set()
         # Workers: the idle ones, in order, and a one-slot mailbox each.
@@ -642,6 +653,11 @@ class _ServerRun:
         self.token.set()
         for scope in list(self._waits):
             scope.cancel()
+        for task in self.tasks:
+            if task.runs and not task.active:
+                # Died by a bug, its replacement still backing off: that
+                # one returns at once now (see _supervised).
+                task.ended.set()
 
     def _fail(self, exc: BaseException, where: str) -> None:
         """Stop the server because of ``exc``, which :meth:`JobServer.run` raises."""
@@ -681,32 +697,52 @@ class _ServerRun:
 
     # -- the server's own tasks -------------------------------------------
 
-    def _start(self, task: _Task, delay: float = 0.0) -> _Task:
+    async def _start(self, task: _Task) -> _Task:
         assert self._supervisor is not None
-        task.state = self._supervisor.spawn(task.name, self._run_task, (task, delay), FINITE, task)
+        self.tasks.append(task)
+        task.handle = await self._supervisor.start(
+            task.name, self._supervised, task, restart=Restart.TRANSIENT, shutdown_timeout=0
+        )
         return task
 
-    async def _run_task(self, task: _Task, delay: float) -> None:
-        if delay:
-            await self._pause(delay)
-            if self.token.is_set():
-                return
-        await task.fn(*task.args)
+    async def _supervised(self, task: _Task) -> None:
+        """One run of ``task``: returning ends it for good, a bug gets it restarted."""
+        if task.runs and self.token.is_set():
+            task.ended.set()  # a replacement once the server is stopping: not run
+            return
+        task.runs += 1
+        task.active = True
+        try:
+            await task.fn(*task.args)
+        except Exception as exc:
+            self._task_died(task, exc)
+            raise
+        except BaseException:
+            task.ended.set()  # stopped, or cancelled from outside
+            raise
+        else:
+            task.ended.set()
+        finally:
+            task.active = False
 
-    def _task_failed(self, state: TaskState, failure: TaskFailure) -> None:
-        """One of the server's tasks died by a bug: report it, recover its job, replace it."""
-        task = state.meta
-        assert isinstance(task, _Task)
-        slot = task.args[0] if task.args and isinstance(task.args[0], _Worker) else None
+    def _task_died(self, task: _Task, exc: Exception) -> None:
+        """``task`` died by a bug: log it, put back the job it held.
+
+        The supervisor reports the failure and restarts the task after the
+        server's backoff; once the server is stopping the task is over.
+        """
         stopping = self.token.is_set()
         logger.error(
             "job server %r: task %s died by a bug (%s); %s",
             self.identity,
             task.name,
-            describe_reason(failure.reason),
+            describe_exception(exc),
             "not replaced: the server is stopping" if stopping else "replacing it",
-            exc_info=getattr(failure.reason, "exception", None),
+            exc_info=exc,
         )
+        if stopping:
+            task.ended.set()
+        slot = task.args[0] if task.args and isinstance(task.args[0], _Worker) else None
         if slot is not None:
             if slot.worker_id in self._idle:
                 self._idle.remove(slot.worker_id)
@@ -715,12 +751,6 @@ class _ServerRun:
                 # Its attempt stays counted: if the job itself triggers the
                 # bug, max_attempts ends it instead of killing workers for ever.
                 self._commit(job, self.processor.requeue_counted(job))
-        if not stopping:
-            task.failures += 1
-            self._start(task, ERROR_BACKOFF.delay(task.failures))
-
-    def _report(self, failure: TaskFailure) -> None:
-        """Failures are logged by :meth:`_task_failed`, which sees the task's state."""
 
     # -- main -------------------------------------------------------------
 
@@ -747,11 +777,15 @@ class _ServerRun:
                 )
             async with (
                 self.server.workers.open_state() as state,
-                open_component(
-                    self._build, self._report, on_failure=self._task_failed, logger=logger
-                ),
+                open_supervisor(
+                    Strategy.ONE_FOR_ONE,
+                    max_restarts=sys.maxsize,
+                    within=RESTART_WINDOW,
+                    backoff=ERROR_BACKOFF,
+                ) as supervisor,
             ):
                 self.processor.state = state
+                await self._build(supervisor)
                 self.started = True
                 logger.info(
                     "job server %r started: %d workers on queues %s",
@@ -784,7 +818,7 @@ class _ServerRun:
             last_heartbeat=now,
         )
 
-    def _build(self, supervisor: SupervisedNursery) -> None:
+    async def _build(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
         config = self.config
         self.loops: list[_Task] = []
@@ -817,21 +851,19 @@ class _ServerRun:
                 )
             )
         for loop in self.loops:
-            self._start(loop)
+            await self._start(loop)
         # Run until the drain is over: the server is alive while it drains,
         # and a job running out its shutdown_timeout can still be aborted.
-        self.liveness_task = self._start(_Task("jobs.liveness", self._liveness_loop))
-        self.abort_task = self._start(_Task("jobs.aborts", self._abort_loop))
+        self.liveness_task = await self._start(_Task("jobs.liveness", self._liveness_loop))
+        self.abort_task = await self._start(_Task("jobs.aborts", self._abort_loop))
         self.worker_tasks = [
-            self._start(_Task(slot.worker_id, self._worker, (slot,)))
+            await self._start(_Task(slot.worker_id, self._worker, (slot,)))
             for slot in self.slots.values()
         ]
-        for task, slot in zip(self.worker_tasks, self.slots.values(), strict=True):
-            slot.task = task
-        self.committer = self._start(_Task("jobs.committer", self._committer))
+        self.committer = await self._start(_Task("jobs.committer", self._committer))
         self.fetcher: _Task | None = None
         if self.slots:
-            self.fetcher = self._start(_Task("jobs.fetcher", self._fetcher))
+            self.fetcher = await self._start(_Task("jobs.fetcher", self._fetcher))
 
     async def _drain(self) -> None:
         """The graceful stop: let running jobs finish, stop the rest, write outcomes."""
