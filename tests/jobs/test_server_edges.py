@@ -9,9 +9,11 @@ Tests taking ``memory_storage`` and ``autojump_clock`` run in virtual time
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +31,9 @@ from trio_monitor.jobs._processor import MAX_ERROR_CHARS
 
 #: Every way a job may misbehave while cancelled, but blocking in a thread
 #: (which MockClock cannot wait for; tested on the real clock below).
+#: Less than the shortest backoff before a task's replacement (0.5 s, -25 %).
+ERROR_BACKOFF_FLOOR = 0.375
+
 IN_TRIO = [how for how in Misbehaviour if how is not Misbehaviour.BLOCK_IN_THREAD]
 
 
@@ -363,6 +368,113 @@ async def test_a_worker_dying_by_a_bug_is_replaced_and_its_job_put_back(
     assert (await stored(memory_storage, job_id)).attempts == 2  # the lost attempt counts
     assert "died by a bug" in caplog.text
     assert "replacing it" in caplog.text
+
+
+def _dying_process(
+    monkeypatch: pytest.MonkeyPatch,
+    die: Callable[[jobs.Job, jobs.WorkerContext], Awaitable[bool]],
+) -> None:
+    """Make the processor die by a bug (not a job failure) whenever ``die`` says so."""
+    from trio_monitor.jobs._processor import Processor
+
+    real_process = Processor.process
+
+    async def buggy(self: Processor, job: jobs.Job, ctx: jobs.WorkerContext) -> jobs.Transition:
+        if await die(job, ctx):
+            raise RuntimeError("a bug in the bookkeeping")
+        return await real_process(self, job, ctx)
+
+    monkeypatch.setattr(Processor, "process", buggy)
+
+
+async def test_a_task_dying_again_and_again_is_restarted_with_the_servers_backoff(
+    memory_storage: jobs.Storage,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Far more deaths than a default supervisor tolerates (3 in 5 s): the
+    # server's supervisor never gives up, it only backs off more and more.
+    from trio_monitor.jobs._server import ERROR_BACKOFF
+
+    deaths: list[float] = []
+
+    async def die(job: jobs.Job, ctx: jobs.WorkerContext) -> bool:
+        if len(deaths) < 6:
+            deaths.append(trio.current_time())
+            return True
+        return False
+
+    _dying_process(monkeypatch, die)
+    recorder = Recorder()
+    retries = jobs.RetryPolicy(max_attempts=10, initial_delay=0.01, jitter=0.0)
+    server = make_server(memory_storage, OK_WORKERS, recorder, retries, worker_count=1)
+    async with running(server):
+        job_id = await server.enqueue("ok", "done")
+        await recorder.wait_state(job_id, jobs.Succeeded, within=MAX_SECONDS)
+        assert server.is_running
+    assert len(deaths) == 6
+    for n, (died, next_death) in enumerate(itertools.pairwise(deaths), start=1):
+        # Jitter may shorten the wait by its fraction, never more; the
+        # job's claim after the replacement adds a little.
+        shortest = ERROR_BACKOFF.initial * ERROR_BACKOFF.multiplier ** (n - 1)
+        assert next_death - died >= shortest * (1 - ERROR_BACKOFF.jitter)
+    assert (await stored(memory_storage, job_id)).attempts == 7
+
+
+async def test_a_replacement_backing_off_does_not_hold_up_the_stop(
+    memory_storage: jobs.Storage,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    died = trio.Event()
+
+    async def die(job: jobs.Job, ctx: jobs.WorkerContext) -> bool:
+        died.set()
+        return True
+
+    _dying_process(monkeypatch, die)
+    server = make_server(memory_storage, OK_WORKERS, worker_count=1, shutdown_timeout=MAX_SECONDS)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        await server.enqueue("ok", None)
+        await died.wait()
+        # Its replacement waits a backoff (>= 0.375 s); the stop does not.
+        began = trio.current_time()
+        await server.stop()
+        assert trio.current_time() - began < ERROR_BACKOFF_FLOOR
+        assert not server.is_running
+
+
+async def test_a_task_dying_while_the_server_stops_is_not_replaced(
+    memory_storage: jobs.Storage,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = trio.Event()
+    runs: list[str] = []
+
+    async def die(job: jobs.Job, ctx: jobs.WorkerContext) -> bool:
+        runs.append(job.id)
+        started.set()
+        await ctx.cancel.wait()  # dies only once the stop has begun
+        return True
+
+    _dying_process(monkeypatch, die)
+    server = make_server(memory_storage, OK_WORKERS, worker_count=1, shutdown_timeout=60.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        job_id = await server.enqueue("ok", None)
+        await started.wait()
+        began = trio.current_time()
+        await server.stop()
+        # Neither the shutdown_timeout nor a backoff was waited for.
+        assert trio.current_time() - began < ERROR_BACKOFF_FLOOR
+    assert runs == [job_id]
+    assert "not replaced: the server is stopping" in caplog.text
+    job = await stored(memory_storage, job_id)
+    assert job.state.name == "enqueued"
+    assert job.attempts == 1  # put back, the attempt the bug used counted
 
 
 # -- liveness ------------------------------------------------------------------------
