@@ -35,7 +35,7 @@ import attrs
 import trio
 
 from .._backoff import Backoff
-from .._failures import describe_exception
+from .._failures import Error, describe_reason
 from .._supervisor import ChildHandle, Restart, Strategy, Supervisor, open_supervisor
 from .._token import ShutdownToken
 from .._validate import MAX_SECONDS, attrs_count, attrs_seconds, check_seconds, check_str
@@ -736,7 +736,7 @@ class _ServerRun:
             "job server %r: task %s died by a bug (%s); %s",
             self.identity,
             task.name,
-            describe_exception(exc),
+            describe_reason(Error.from_exception(exc)),
             "not replaced: the server is stopping" if stopping else "replacing it",
             exc_info=exc,
         )
