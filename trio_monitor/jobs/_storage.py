@@ -255,7 +255,7 @@ class Storage(Protocol):
         """Note that waiter ``token`` waits for ``job_id`` to finish.
 
         Call it before reading the job, then :meth:`wait_for_finish`; renew
-        it (call again) within :data:`WATCH_SECONDS`, and end it with
+        it (call again) within 60 seconds (``WATCH_SECONDS``), and end it with
         :meth:`unwatch_finish`. A storage that pushes finishes across
         processes (PostgreSQL) announces only the finishes of watched jobs;
         an unrenewed registration expires. In-process hubs ignore it.

@@ -827,7 +827,7 @@ class PostgresStorage:
 
         One transaction: share-lock the job row (ordering this against a
         completion of the job, see the module notes), upsert the waiter row
-        for :data:`~trio_monitor.jobs._storage.WATCH_SECONDS`, and sweep
+        for ``WATCH_SECONDS`` (60 s), and sweep
         expired rows of waiters that never unregistered.
         """
         lock = _q(f"SELECT 1 FROM {JOBS} WHERE id = %(job_id)s FOR SHARE")
