@@ -182,9 +182,12 @@ class Client:
         """Wait until the job is Succeeded, Failed, Aborted or Deleted, and return it.
 
         Woken at once by a finish in this process or (PostgreSQL) in any
-        process; otherwise it polls, every 10 ms at first and then at most
-        every second. There is no timeout: bound it with
-        ``trio.fail_after``. KeyError if no job has this id (or it was
+        process: it registers itself with the storage
+        (:meth:`Storage.watch_finish`) before it first reads the job, so
+        PostgreSQL announces the finishes of awaited jobs only, and removes
+        the registration however it ends. Otherwise it polls, every 10 ms
+        at first and then at most every second. There is no timeout: bound
+        it with ``trio.fail_after``. KeyError if no job has this id (or it was
         cleaned up while waiting).
         """
         check_str("job_id", job_id)
