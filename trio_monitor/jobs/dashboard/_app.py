@@ -170,10 +170,10 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 class Dashboard:
     """The state behind one app: storage, source, guard, templates, caches."""
 
-    def __init__(self, storage: Storage, token: str | None, read_only: bool) -> None:
+    def __init__(self, storage: Storage, guard: Guard, read_only: bool) -> None:
         self.storage = storage
         self.source: DashboardSource = source_for(storage)
-        self.guard = Guard(token)
+        self.guard = guard
         self.read_only = read_only
         self.env = _environment()
         self.use_source(self.source)
@@ -533,11 +533,20 @@ def create_app(storage: Storage, *, token: str | None = None, read_only: bool = 
 
     Raises:
       ValueError: ``token`` is an empty string.
-      TypeError: ``token`` is not a str, or ``read_only`` is not a bool.
+      TypeError: ``token`` is not a str, ``read_only`` is not a bool, or
+        ``storage`` is not a :class:`~trio_monitor.jobs.Storage`.
     """
+    # The app's own options first, so a mistake in them is named whatever
+    # the storage argument is; then the storage, before anything uses it.
     if not isinstance(read_only, bool):
         raise TypeError(f"read_only must be a bool, got {read_only!r}")
-    dashboard = Dashboard(storage, token, read_only)
+    guard = Guard(token)
+    if not isinstance(storage, Storage):
+        raise TypeError(
+            f"storage must be an open jobs.Storage (from jobs.open_storage), "
+            f"got {type(storage).__name__}"
+        )
+    dashboard = Dashboard(storage, guard, read_only)
     routes = [
         Route("/", dashboard.overview, name="overview"),
         Route("/jobs", dashboard.jobs, name="jobs"),
