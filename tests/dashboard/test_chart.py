@@ -65,7 +65,9 @@ def test_no_jobs_no_rate() -> None:
 def test_bars_add_up_and_fit_the_plot(ok: list[float], bad: list[float]) -> None:
     chart = throughput([_done(m) for m in ok], [_done(m, ok=False) for m in bad], NOW)
     assert sum(bar.succeeded for bar in chart.bars) == chart.succeeded
-    assert chart.succeeded == sum(1 for m in ok if m < MINUTES - 1 + 30.5 / 60)
+    # The window starts on the minute, 59 whole minutes before NOW's (11:31:00).
+    start = NOW.replace(second=0) - timedelta(minutes=MINUTES - 1)
+    assert chart.succeeded == sum(1 for m in ok if NOW - timedelta(minutes=m) >= start)
     assert chart.failed == sum(bar.failed for bar in chart.bars)
     assert chart.peak == max((b.succeeded + b.failed for b in chart.bars), default=0)
     for bar in chart.bars:
