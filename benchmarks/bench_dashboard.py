@@ -305,9 +305,7 @@ def main() -> int:
     parser.add_argument(
         "--interval", type=float, default=1.0, help="seconds between rounds (polling)"
     )
-    parser.add_argument(
-        "--sources", default="storage,keyset", help="storage (today's protocol), keyset"
-    )
+    parser.add_argument("--sources", default="storage,keyset", help="storage (jobs.Client), keyset")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()  # --plot is accepted; this benchmark draws no chart
     n = 20_000 if args.quick else args.jobs
