@@ -63,8 +63,11 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the HTML docs, warnings as errors."""
     # The CLI reference is generated from the commands, and the metrics and
-    # tracing references import their modules: install those extras too.
-    session.install(".[cli,metrics,otel,dashboard]", "sphinx", "sphinxcontrib-trio", "furo")
+    # tracing references import their modules, and the testing reference the
+    # pytest plugin: install those extras and pytest too.
+    session.install(
+        ".[cli,metrics,otel,dashboard]", "pytest", "sphinx", "sphinxcontrib-trio", "furo"
+    )
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 

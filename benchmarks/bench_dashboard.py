@@ -8,14 +8,12 @@ two hours, in four queues. Target: p95 under 100 ms.
 
 The dashboard reads through a ``DashboardSource``. Two are timed:
 
-* ``storage``: :class:`StorageSource`, over today's storage protocol, which
-  lists oldest first and filters by state only: a newest-first page reads
-  every job of that state. This is what ships until ``jobs.Client`` lands.
-* ``keyset``: a stand-in for the client's listing (SPEC §6), one SQL query
+* ``storage``: what ships, ``jobs.Client`` over the storage (the app's
+  default source).
+* ``keyset``: a hand-written stand-in for a keyset listing, one SQL query
   per page, ``WHERE seq < cursor ORDER BY seq DESC LIMIT n`` on the
-  creation order, and counts ``GROUP BY queue, state``. It shows what the
-  dashboard itself costs once the client does that; re-measure with the
-  client itself when it is merged. On PostgreSQL the stand-in first adds
+  creation order, and counts ``GROUP BY queue, state``: what the
+  dashboard itself costs over the cheapest listing. On PostgreSQL the stand-in first adds
   the indexes such a listing needs (``(seq)`` and ``(state, seq)``; today's
   schema has only partial ones), as the client's schema must.
 
@@ -53,7 +51,7 @@ import trio
 from _harness import arguments, machine
 
 from trio_monitor import jobs
-from trio_monitor.jobs.dashboard import StorageSource, create_app
+from trio_monitor.jobs.dashboard import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -102,8 +100,8 @@ class Backend:
         self.table, self.mark, self.decode, self.columns = table, mark, decode, columns
 
 
-class KeysetSource(StorageSource):
-    """A stand-in for ``jobs.Client``'s keyset ``list_jobs`` and ``counts``."""
+class KeysetSource(jobs.Client):
+    """``jobs.Client`` with hand-written keyset ``list_jobs`` and ``counts``."""
 
     def __init__(self, storage: jobs.Storage, backend: Backend) -> None:
         super().__init__(storage)
@@ -307,9 +305,7 @@ def main() -> int:
     parser.add_argument(
         "--interval", type=float, default=1.0, help="seconds between rounds (polling)"
     )
-    parser.add_argument(
-        "--sources", default="storage,keyset", help="storage (today's protocol), keyset"
-    )
+    parser.add_argument("--sources", default="storage,keyset", help="storage (jobs.Client), keyset")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()  # --plot is accepted; this benchmark draws no chart
     n = 20_000 if args.quick else args.jobs

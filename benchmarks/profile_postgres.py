@@ -71,13 +71,13 @@ def instrument() -> None:
     listener_wake, in_trio = _calls.Listener._wake_from_thread, _calls.Listener._wake_in_trio
     call_run, getconn = _calls._Call.run, _calls._Call._getconn
 
-    def wake_from_thread(self: Any) -> None:
+    def wake_from_thread(self: Any, channel: str) -> None:
         stamp("listener")
-        listener_wake(self)
+        listener_wake(self, channel)
 
-    def wake_in_trio(self: Any) -> None:
+    def wake_in_trio(self: Any, channel: str) -> None:
         stamp("to_trio")
-        in_trio(self)
+        in_trio(self, channel)
 
     def is_claim(call: Any) -> bool:
         return bool(call._fn.__qualname__.startswith("PostgresStorage.claim"))

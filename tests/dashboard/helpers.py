@@ -55,7 +55,7 @@ async def seed(storage: jobs.Storage, *, now: datetime | None = None) -> dict[st
                 job(
                     "send_email" if n % 2 else "render_report",
                     {"to": f"user{n}@example.org", "minute": minute},
-                    state=jobs.Succeeded({"sent": True}, 0.05 * n),
+                    state=jobs.Succeeded({"sent": True}, 0.05 * n, finished_at=at),
                     queue="emails" if n % 2 else "reports",
                     created_at=at,
                 )
@@ -66,19 +66,23 @@ async def seed(storage: jobs.Storage, *, now: datetime | None = None) -> dict[st
                     "render_report",
                     {"report": minute},
                     state=jobs.Failed(
-                        "Traceback (most recent call last):\n  ...\nValueError: no data"
+                        "Traceback (most recent call last):\n  ...\nValueError: no data",
+                        finished_at=at,
                     ),
                     queue="reports",
                     created_at=at,
                     attempts=3,
                 )
             )
+    declined_at = now - timedelta(minutes=3)
     failed = job(
         "charge_card",
         {"card": "4242", "amount": 1999},
-        state=jobs.Failed("PaymentDeclined: card 4242 declined (insufficient funds)"),
+        state=jobs.Failed(
+            "PaymentDeclined: card 4242 declined (insufficient funds)", finished_at=declined_at
+        ),
         queue="payments",
-        created_at=now - timedelta(minutes=3),
+        created_at=declined_at,
         attempts=3,
     )
     rows.append(failed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,7 +18,10 @@ NOW = datetime(2026, 12, 1, 12, 30, 30, tzinfo=UTC)
 
 def _done(minutes_ago: float, ok: bool = True) -> jobs.Job:
     at = NOW - timedelta(minutes=minutes_ago)
-    return job(state=jobs.Succeeded(1, 0.1) if ok else jobs.Failed("x"), created_at=at)
+    # Created well before: the chart goes by finish time, never creation time.
+    created = at - timedelta(hours=2)
+    state = jobs.Succeeded(1, 0.1, finished_at=at) if ok else jobs.Failed("x", finished_at=at)
+    return job(state=state, created_at=created)
 
 
 def test_buckets_by_minute_and_leaves_out_older_jobs() -> None:
@@ -29,7 +33,6 @@ def test_buckets_by_minute_and_leaves_out_older_jobs() -> None:
     assert chart.failed == 1
     assert chart.failure_rate == 0.25
     assert chart.unsampled_minutes == 0
-    assert chart.approximate  # today's states have no finished_at: creation time stands in
 
 
 def test_a_full_sample_marks_the_minutes_it_does_not_reach() -> None:
@@ -40,15 +43,12 @@ def test_a_full_sample_marks_the_minutes_it_does_not_reach() -> None:
     assert chart.succeeded == 50
 
 
-def test_a_recorded_finish_time_is_used() -> None:
-    row = _done(50)
-
-    class Finished:
-        name = "succeeded"
-        finished_at = NOW - timedelta(minutes=2)
-
-    row.state = Finished()  # type: ignore[assignment]
-    assert finished_at(row) == (NOW - timedelta(minutes=2), True)
+def test_the_finish_time_is_the_terminal_states_own() -> None:
+    assert finished_at(_done(2)) == NOW - timedelta(minutes=2)
+    aborted = job(state=jobs.Aborted("stop", finished_at=NOW), created_at=NOW - timedelta(days=1))
+    assert finished_at(aborted) == NOW
+    with pytest.raises(TypeError, match="has not finished"):
+        finished_at(job(created_at=NOW))
 
 
 def test_no_jobs_no_rate() -> None:
@@ -65,7 +65,9 @@ def test_no_jobs_no_rate() -> None:
 def test_bars_add_up_and_fit_the_plot(ok: list[float], bad: list[float]) -> None:
     chart = throughput([_done(m) for m in ok], [_done(m, ok=False) for m in bad], NOW)
     assert sum(bar.succeeded for bar in chart.bars) == chart.succeeded
-    assert chart.succeeded == sum(1 for m in ok if m < MINUTES - 1 + 30.5 / 60)
+    # The window starts on the minute, 59 whole minutes before NOW's (11:31:00).
+    start = NOW.replace(second=0) - timedelta(minutes=MINUTES - 1)
+    assert chart.succeeded == sum(1 for m in ok if NOW - timedelta(minutes=m) >= start)
     assert chart.failed == sum(bar.failed for bar in chart.bars)
     assert chart.peak == max((b.succeeded + b.failed for b in chart.bars), default=0)
     for bar in chart.bars:

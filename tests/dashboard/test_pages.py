@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from trio_monitor import jobs
-from trio_monitor.jobs.dashboard import StorageSource, create_app, source_for
+from trio_monitor.jobs.dashboard import create_app
 
 from .helpers import HTML, client_for, csrf_token, dashboard, job, seed
 
@@ -123,23 +123,25 @@ async def test_bulk_retry_pages_through_more_than_one_batch(storage: jobs.Storag
     assert (await storage.count_by_state()) == {"enqueued": 1234}
 
 
-async def test_actions_without_job_control_say_so(storage: jobs.Storage) -> None:
+async def test_abort_pause_and_resume_act_through_the_client(storage: jobs.Storage) -> None:
     queued = job()
     await storage.enqueue(queued)
-    source = source_for(storage)
-    if not isinstance(source, StorageSource):
-        pytest.skip("job control (jobs.Client) is here: every action is available")
     async with dashboard(storage) as client:
         token = await csrf_token(client)
         page = (await client.get(f"/jobs/{queued.id}", headers=HTML)).text
-        assert 'title="Needs trio-monitor job control"' in page  # abort is disabled
-        for path in (f"/jobs/{queued.id}/abort", "/queues/default/pause", "/queues/default/resume"):
-            response = await client.post(path, data={"csrf_token": token}, headers=HTML)
-            assert response.status_code == 501
-            assert "needs trio-monitor job control" in response.text
-    stored = await storage.get(queued.id)
-    assert stored is not None
-    assert isinstance(stored.state, jobs.Enqueued)
+        assert 'data-action="abort"' in page  # every action is offered
+        response = await client.post(f"/jobs/{queued.id}/abort", data={"csrf_token": token})
+        assert response.status_code == 303
+        stored = await storage.get(queued.id)
+        assert stored is not None
+        assert isinstance(stored.state, jobs.Aborted)
+        client_ = jobs.Client(storage)
+        response = await client.post("/queues/default/pause", data={"csrf_token": token})
+        assert response.status_code == 303
+        assert [q.paused for q in await client_.queues() if q.name == "default"] == [True]
+        response = await client.post("/queues/default/resume", data={"csrf_token": token})
+        assert response.status_code == 303
+        assert [q.paused for q in await client_.queues() if q.name == "default"] == [False]
 
 
 async def test_queues_servers_recurring_pages(storage: jobs.Storage) -> None:

@@ -316,6 +316,7 @@ async def test_unknown_pages_and_methods_are_plain_errors(storage: jobs.Storage)
 
 
 def test_create_app_checks_its_arguments() -> None:
+    # Its own options are checked first, so they are named whatever the storage is ...
     storage = object()
     with pytest.raises(ValueError, match="token"):
         create_app(storage, token="")  # type: ignore[arg-type]
@@ -323,3 +324,6 @@ def test_create_app_checks_its_arguments() -> None:
         create_app(storage, token=b"bytes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="read_only"):
         create_app(storage, read_only="yes")  # type: ignore[arg-type]
+    # ... then the storage, before anything uses it.
+    with pytest.raises(TypeError, match=r"storage must be an open jobs\.Storage"):
+        create_app(storage, token=TOKEN)  # type: ignore[arg-type]

@@ -431,6 +431,142 @@ async def test_abort_and_finish_are_pushed_to_other_storages(pg_url: str) -> Non
                     )
 
                 nursery.start_soon(finish_soon)
+                await web.watch_finish(job_id, "waiter")  # what Client.wait does first
                 await web.wait_for_finish()  # pushed over NOTIFY
+        await web.unwatch_finish("waiter")
         done = await client.wait(job_id)
         assert done.state == jobs.Aborted("stop")
+
+
+# -- finish NOTIFY only for awaited jobs ------------------------------------------
+
+FINISHED = "trio_monitor_finished"
+WAITERS = "trio_monitor_waiters"
+
+
+def waiter_rows(url: str) -> list[tuple[str, str]]:
+    with raw(url) as conn:
+        return [(r[0], r[1]) for r in conn.execute(f"SELECT token, job_id FROM {WAITERS}")]
+
+
+@contextmanager
+def listening(url: str) -> Iterator[Any]:
+    """A raw connection LISTENing on the finish channel."""
+    with raw(url) as conn:
+        conn.execute(f"LISTEN {FINISHED}")
+        yield conn
+
+
+def heard(conn: Any, timeout: float) -> list[str]:
+    return [note.channel for note in conn.notifies(timeout=timeout, stop_after=1)]
+
+
+async def claimed_job(storage: PostgresStorage) -> Job:
+    await storage.enqueue(job(1))
+    (claimed,) = await storage.claim(queues=[], worker_ids=["w"], server_name="s", now=utcnow())
+    return claimed
+
+
+def succeed(claimed: Job) -> Transition:
+    return Transition(claimed.id, claimed.version, jobs.Succeeded(1, 0.1))
+
+
+async def test_no_finish_notify_without_a_waiter(storage: PostgresStorage, pg_url: str) -> None:
+    unwatched, watched = await claimed_job(storage), await claimed_job(storage)
+    with listening(pg_url) as conn:
+        await storage.apply([succeed(unwatched)])
+        assert await trio.to_thread.run_sync(heard, conn, 0.5) == []
+        # Control: the same completion of a watched job is announced.
+        await storage.watch_finish(watched.id, "t")
+        await storage.apply([succeed(watched)])
+        assert await trio.to_thread.run_sync(heard, conn, 5.0) == [FINISHED]
+    await storage.unwatch_finish("t")
+    assert waiter_rows(pg_url) == []
+
+
+async def test_client_wait_in_another_storage_is_pushed(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No polling within the test's bounds: only the NOTIFY can wake the wait.
+    monkeypatch.setattr("trio_monitor.jobs._client._FIRST_POLL", 60.0)
+    monkeypatch.setattr("trio_monitor.jobs._client._MAX_POLL", 60.0)
+    async with opened(pg_url) as server_side, opened(pg_url) as web:
+        claimed = await claimed_job(server_side)
+        waited: list[Job] = []
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def wait() -> None:
+                    waited.append(await jobs.Client(web).wait(claimed.id))
+
+                nursery.start_soon(wait)
+                while not waiter_rows(pg_url):  # noqa: ASYNC110 (another process's table)
+                    await trio.sleep(0.01)
+                await trio.sleep(0.05)  # the wait has read Processing
+                await server_side.apply([succeed(claimed)])
+        assert [j.state for j in waited] == [jobs.Succeeded(1, 0.1)]
+        assert waiter_rows(pg_url) == []
+
+
+async def test_waiter_rows_are_removed_on_cancellation(
+    storage: PostgresStorage, pg_url: str
+) -> None:
+    claimed = await claimed_job(storage)
+    client = jobs.Client(storage)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.wait, claimed.id)
+        nursery.start_soon(client.wait, claimed.id)
+        with trio.fail_after(5):
+            while len(waiter_rows(pg_url)) < 2:  # noqa: ASYNC110 (another process's table)
+                await trio.sleep(0.01)
+        # Two waits of one job: two registrations, one per wait.
+        assert {job_id for _, job_id in waiter_rows(pg_url)} == {claimed.id}
+        nursery.cancel_scope.cancel()
+    assert waiter_rows(pg_url) == []
+    with pytest.raises(KeyError):
+        await client.wait("missing")
+    assert waiter_rows(pg_url) == []
+
+
+async def test_expired_waiter_rows_are_swept(storage: PostgresStorage, pg_url: str) -> None:
+    with raw(pg_url) as conn:
+        conn.execute(f"INSERT INTO {WAITERS} VALUES ('crashed', 'x', now() - interval '1 second')")
+    await storage.watch_finish("y", "live")
+    assert waiter_rows(pg_url) == [("live", "y")]
+    await storage.watch_finish("y", "live")  # renewing keeps one row
+    assert waiter_rows(pg_url) == [("live", "y")]
+
+
+async def test_registration_waits_for_a_completion_in_flight(
+    storage: PostgresStorage, pg_url: str
+) -> None:
+    """A completion not yet committed: registration waits, then reads the result."""
+    claimed = await claimed_job(storage)
+    with raw(pg_url, autocommit=False) as conn:
+        conn.execute("UPDATE trio_monitor_jobs SET state = 'succeeded' WHERE id = %s", [claimed.id])
+        with trio.move_on_after(0.3) as blocked:
+            await storage.watch_finish(claimed.id, "t")
+        assert blocked.cancelled_caught
+        conn.commit()
+    with trio.fail_after(5):
+        await storage.watch_finish(claimed.id, "t")
+    with raw(pg_url) as conn:
+        row = conn.execute("SELECT state FROM trio_monitor_jobs WHERE id = %s", [claimed.id])
+        assert row.fetchone() == ("succeeded",)  # what the wait's read then sees
+
+
+async def test_completion_behind_a_registration_notifies(
+    storage: PostgresStorage, pg_url: str
+) -> None:
+    """A registration not yet committed: the completion waits for it, then NOTIFYs."""
+    claimed = await claimed_job(storage)
+    with listening(pg_url) as listener, raw(pg_url, autocommit=False) as conn:
+        conn.execute("SELECT 1 FROM trio_monitor_jobs WHERE id = %s FOR SHARE", [claimed.id])
+        conn.execute(
+            f"INSERT INTO {WAITERS} VALUES ('t', %s, now() + interval '1 minute')", [claimed.id]
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.apply, [succeed(claimed)])
+            await trio.sleep(0.3)  # the completion's statement is blocked on the row
+            conn.commit()
+        assert await trio.to_thread.run_sync(heard, listener, 5.0) == [FINISHED]

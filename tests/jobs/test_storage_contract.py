@@ -1534,6 +1534,16 @@ async def test_wait_returns_the_finished_job(storage: Storage) -> None:
     assert done.state == Succeeded(7, 0.1)
 
 
+async def test_wait_registrations_are_accepted_and_renewable(storage: Storage) -> None:
+    job_id = await client_of(storage).enqueue("m", 1)
+    await storage.watch_finish(job_id, "a")
+    await storage.watch_finish(job_id, "a")  # renewal
+    await storage.watch_finish("missing", "b")  # the wait then finds no job
+    await storage.unwatch_finish("a")
+    await storage.unwatch_finish("a")  # nothing left: nothing to do
+    await storage.unwatch_finish("b")
+
+
 @pytest.mark.parametrize(
     ("call", "error"),
     [

@@ -21,9 +21,6 @@ on_memory_and_sqlite = pytest.mark.parametrize(
     "job_storage_url", ["memory://", "sqlite"], indirect=True
 )
 #: Queue limits come with jobs.Client (SPEC §6).
-needs_queue_limits = pytest.mark.skipif(
-    not hasattr(jobs, "Client"), reason="queue limits need jobs.Client (SPEC §6)"
-)
 
 
 # -- fakes for the services the workers use ---------------------------------
@@ -187,7 +184,6 @@ async def test_customers_are_pushed_to_the_crm(
     assert sorted(customer for customer, _ in crm.pushed) == [0, 1, 2]
 
 
-@needs_queue_limits
 @on_memory_and_sqlite
 async def test_the_crm_queue_respects_the_api_limits(
     job_server: testing.TestServer, job_client: Any, crm: FakeCRM, autojump_clock: MockClock

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import pytest
 
 pytest_plugins = ["pytester"]
 
 PLUGIN = "trio_monitor.testing.pytest_plugin"
+#: Installed, the package's pytest11 entry point loads the plugin in every
+#: pytest run; from a source tree it must be asked for.
+LOAD_PLUGIN = (
+    [] if any(ep.value == PLUGIN for ep in entry_points(group="pytest11")) else ["-p", PLUGIN]
+)
 
 CONFTEST = """
 import pytest
@@ -28,7 +35,7 @@ def job_workers():
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     pytester.makeini("[pytest]\ntrio_mode = true\n")
     pytester.makeconftest(CONFTEST)
-    return pytester.runpytest("-p", PLUGIN, "-p", "no:cacheprovider", *args)
+    return pytester.runpytest(*LOAD_PLUGIN, "-p", "no:cacheprovider", *args)
 
 
 def test_job_server_and_job_client_in_virtual_time(pytester: pytest.Pytester) -> None:
@@ -88,7 +95,7 @@ def test_the_marker_the_option_and_parametrization_pick_the_storage(
 
 def test_the_marker_is_declared(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ntrio_mode = true\n")
-    result = pytester.runpytest("-p", PLUGIN, "--markers")
+    result = pytester.runpytest(*LOAD_PLUGIN, "--markers")
     result.stdout.fnmatch_lines(["*job_storage(url)*"])
 
 
@@ -112,6 +119,6 @@ def test_job_workers_must_be_defined(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = pytester.runpytest("-p", PLUGIN, "-p", "no:cacheprovider")
+    result = pytester.runpytest(*LOAD_PLUGIN, "-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*define*job_workers*conftest.py*"])

@@ -11,6 +11,9 @@ enforces them, so they hold however many clients and servers share it.
 
 from __future__ import annotations
 
+import logging
+import math
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final, cast
@@ -34,7 +37,7 @@ from ._model import (
     Succeeded,
     utcnow,
 )
-from ._storage import Storage
+from ._storage import WATCH_SECONDS, Storage
 
 __all__ = ["Client"]
 
@@ -53,9 +56,14 @@ _STATES: Final[dict[str, type[JobState]]] = {
 }
 _TERMINAL: Final = (Succeeded, Failed, Aborted, Deleted)
 
+logger = logging.getLogger("trio_monitor.jobs")
+
 # client.wait polls between push wake-ups: first soon, then up to this often.
 _FIRST_POLL: Final = 0.01
 _MAX_POLL: Final = 1.0
+# Seconds wait's cleanup may take to unregister (shielded); an unregistered
+# waiter's row expires anyway.
+_UNWATCH_TIMEOUT: Final = 5.0
 
 
 def _state_filter(state: object) -> type[JobState] | None:
@@ -174,14 +182,34 @@ class Client:
         """Wait until the job is Succeeded, Failed, Aborted or Deleted, and return it.
 
         Woken at once by a finish in this process or (PostgreSQL) in any
-        process; otherwise it polls, every 10 ms at first and then at most
-        every second. There is no timeout: bound it with
-        ``trio.fail_after``. KeyError if no job has this id (or it was
+        process: it registers itself with the storage
+        (:meth:`Storage.watch_finish`) before it first reads the job, so
+        PostgreSQL announces the finishes of awaited jobs only, and removes
+        the registration however it ends. Otherwise it polls, every 10 ms
+        at first and then at most every second. There is no timeout: bound
+        it with ``trio.fail_after``. KeyError if no job has this id (or it was
         cleaned up while waiting).
         """
         check_str("job_id", job_id)
+        # Registered before the first read (so a finish in between is
+        # announced), renewed while waiting, removed however wait ends.
+        token = uuid.uuid4().hex
+        try:
+            return await self._wait_watched(job_id, token)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(_UNWATCH_TIMEOUT):
+                try:
+                    await self._storage.unwatch_finish(token)
+                except Exception:  # e.g. storage closed; the row expires
+                    logger.debug("could not unregister waiter %s", token, exc_info=True)
+
+    async def _wait_watched(self, job_id: str, token: str) -> Job:
         poll = _FIRST_POLL
+        renew_at = -math.inf
         while True:
+            if trio.current_time() >= renew_at:
+                await self._storage.watch_finish(job_id, token)
+                renew_at = trio.current_time() + WATCH_SECONDS / 3
             job: Job | None = None
             read = False
             with trio.move_on_after(poll):

@@ -45,6 +45,7 @@ __all__ = [
     "NextRun",
     "SchemaStatus",
     "SchemaVersionError",
+    "WATCH_SECONDS",
     "Storage",
     "check_schema",
     "migrate",
@@ -55,6 +56,9 @@ __all__ = [
 #: ``after``. For a template whose ``timezone`` is not ``"UTC"`` storage calls
 #: ``next_run(cron, after, timezone)`` (the cron evaluated in that IANA zone).
 NextRun = Callable[..., datetime]
+
+#: How long a :meth:`Storage.watch_finish` registration lasts unless renewed.
+WATCH_SECONDS: Final = 60.0
 
 #: URL scheme -> the module implementing it (imported when first opened).
 BACKENDS: Final[dict[str, str]] = {
@@ -245,6 +249,21 @@ class Storage(Protocol):
         Push in this process and on PostgreSQL (``trio_monitor_finished``);
         spurious wake-ups are allowed; the caller bounds the wait and polls.
         """
+        ...
+
+    async def watch_finish(self, job_id: str, token: str) -> None:
+        """Note that waiter ``token`` waits for ``job_id`` to finish.
+
+        Call it before reading the job, then :meth:`wait_for_finish`; renew
+        it (call again) within 60 seconds (``WATCH_SECONDS``), and end it with
+        :meth:`unwatch_finish`. A storage that pushes finishes across
+        processes (PostgreSQL) announces only the finishes of watched jobs;
+        an unrenewed registration expires. In-process hubs ignore it.
+        """
+        ...
+
+    async def unwatch_finish(self, token: str) -> None:
+        """End waiter ``token``'s registration (nothing if there is none)."""
         ...
 
     async def retry(self, job_id: str, now: datetime) -> bool:

@@ -26,6 +26,7 @@ from .. import jobs
 from .._validate import check_seconds
 from ..jobs import (
     AwaitingRetry,
+    Client,
     Enqueued,
     Job,
     JobServer,
@@ -106,33 +107,13 @@ def _describe(item: Job | RecurringJob) -> str:
     return f"{item.method}({item.payload!r}) queue={item.queue!r} {item.state!r} id={item.id}"
 
 
-def _client_of(server: JobServer) -> Any:
-    # SPEC 6: the client is `server.client` (a jobs.Client). Until the server
-    # has one, enqueue through the server itself.
-    return getattr(server, "client", None) or _ServerClient(server)
-
-
-class _ServerClient:
-    """The producer side of a server, until ``jobs.Client`` exists: ``enqueue`` only."""
-
-    __slots__ = ("server", "storage")
-
-    def __init__(self, server: JobServer) -> None:
-        self.server = server
-        self.storage = server.storage
-
-    async def enqueue(self, method: str, payload: Any, **options: Any) -> str:
-        """:meth:`JobServer.enqueue <trio_monitor.jobs.JobServer.enqueue>`."""
-        return await self.server.enqueue(method, payload, **options)
-
-
 class TestServer:
     """A running :class:`~trio_monitor.jobs.JobServer` under test; see :func:`open_test_server`.
 
     Attributes:
       server (trio_monitor.jobs.JobServer): The real server, running.
-      client: Enqueues jobs into its storage (``server.client``, a
-        ``jobs.Client``, where the server has one).
+      client (trio_monitor.jobs.Client): ``server.client``, the job-control
+        client on the server's (recording) storage.
       storage (RecordingStorage): Its storage, which records every job
         enqueued through it (see :func:`assert_enqueued`).
     """
@@ -142,7 +123,7 @@ class TestServer:
     def __init__(self, server: JobServer, storage: RecordingStorage, changes: _Changes) -> None:
         self.server = server
         self.storage = storage
-        self.client: Any = _client_of(server)
+        self.client: Client = server.client
         self._changes = changes
 
     def __repr__(self) -> str:

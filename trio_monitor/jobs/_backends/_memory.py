@@ -351,6 +351,13 @@ class MemoryStorage:
         self._check_open()
         await self._finished.wait()
 
+    async def watch_finish(self, job_id: str, token: str) -> None:
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+
+    async def unwatch_finish(self, token: str) -> None:
+        await trio.lowlevel.checkpoint()
+
     async def retry(self, job_id: str, now: datetime) -> bool:
         await self._enter()
         row = self._jobs.get(job_id)

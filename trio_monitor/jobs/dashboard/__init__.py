@@ -8,21 +8,10 @@ Starlette, Jinja2, python-multipart, Hypercorn and prometheus_client). The
 from ..._public import document_as_public
 from ._app import create_app
 from ._security import check_bind, is_loopback
-from ._source import (
-    ActionUnavailable,
-    DashboardSource,
-    QueueSummary,
-    QueueView,
-    StorageSource,
-    source_for,
-)
+from ._source import DashboardSource, source_for
 
 __all__ = [
-    "ActionUnavailable",
     "DashboardSource",
-    "QueueSummary",
-    "QueueView",
-    "StorageSource",
     "check_bind",
     "create_app",
     "is_loopback",

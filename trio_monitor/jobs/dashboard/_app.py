@@ -41,7 +41,7 @@ from ._security import (
     SecurityMiddleware,
     cookie_header,
 )
-from ._source import ACTIONS, ActionUnavailable, DashboardSource, source_for, unavailable_actions
+from ._source import DashboardSource, source_for
 
 __all__ = ["create_app"]
 
@@ -170,10 +170,10 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 class Dashboard:
     """The state behind one app: storage, source, guard, templates, caches."""
 
-    def __init__(self, storage: Storage, token: str | None, read_only: bool) -> None:
+    def __init__(self, storage: Storage, guard: Guard, read_only: bool) -> None:
         self.storage = storage
         self.source: DashboardSource = source_for(storage)
-        self.guard = Guard(token)
+        self.guard = guard
         self.read_only = read_only
         self.env = _environment()
         self.use_source(self.source)
@@ -219,13 +219,11 @@ class Dashboard:
         base = request.scope.get("root_path", "")
         browser_id = request.scope.get("state", {}).get("csrf_browser_id", "")
         notice = NOTICES.get(request.query_params.get("notice", ""))
-        disabled = frozenset(ACTIONS) if self.read_only else unavailable_actions(self.source)
         html = self.env.get_template(template).render(
             base=base,
             csrf_field=CSRF_FIELD,
             csrf_token=self.guard.csrf_token(browser_id) if browser_id else "",
             read_only=self.read_only,
-            disabled=disabled,
             has_token=self.guard.token is not None,
             notice=notice,
             now=utcnow(),
@@ -326,8 +324,6 @@ class Dashboard:
         form = await request.form()
         if not self.guard.csrf_valid(request, form.get(CSRF_FIELD)):
             raise HTTPException(403, "the form's CSRF token is missing or wrong; reload the page")
-        if action in unavailable_actions(self.source):
-            raise ActionUnavailable(f"{action} needs trio-monitor job control (jobs.Client)")
         return form
 
     def _back(self, request: Request, path: str, notice: str) -> Response:
@@ -444,9 +440,6 @@ class Dashboard:
         assert isinstance(exc, HTTPException)
         return self._error_page(request, exc.status_code, str(exc.detail))
 
-    async def unavailable(self, request: Request, exc: Exception) -> Response:
-        return self._error_page(request, 501, f"{exc}.")
-
     async def server_error(self, request: Request, exc: Exception) -> Response:
         # Logged in full for the operator; the browser learns nothing of the server's code.
         logger.error("dashboard: %s %s failed", request.method, request.url.path, exc_info=exc)
@@ -533,11 +526,20 @@ def create_app(storage: Storage, *, token: str | None = None, read_only: bool = 
 
     Raises:
       ValueError: ``token`` is an empty string.
-      TypeError: ``token`` is not a str, or ``read_only`` is not a bool.
+      TypeError: ``token`` is not a str, ``read_only`` is not a bool, or
+        ``storage`` is not a :class:`~trio_monitor.jobs.Storage`.
     """
+    # The app's own options first, so a mistake in them is named whatever
+    # the storage argument is; then the storage, before anything uses it.
     if not isinstance(read_only, bool):
         raise TypeError(f"read_only must be a bool, got {read_only!r}")
-    dashboard = Dashboard(storage, token, read_only)
+    guard = Guard(token)
+    if not isinstance(storage, Storage):
+        raise TypeError(
+            f"storage must be an open jobs.Storage (from jobs.open_storage), "
+            f"got {type(storage).__name__}"
+        )
+    dashboard = Dashboard(storage, guard, read_only)
     routes = [
         Route("/", dashboard.overview, name="overview"),
         Route("/jobs", dashboard.jobs, name="jobs"),
@@ -558,7 +560,6 @@ def create_app(storage: Storage, *, token: str | None = None, read_only: bool = 
     ]
     handlers: dict[Any, Any] = {
         HTTPException: dashboard.http_error,
-        ActionUnavailable: dashboard.unavailable,
         Exception: dashboard.server_error,
     }
     app = Starlette(

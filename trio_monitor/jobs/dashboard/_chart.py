@@ -1,10 +1,15 @@
 """The overview's throughput chart: finished jobs per minute, drawn as inline SVG.
 
 The figures come from the newest finished jobs (:data:`SAMPLE` of each
-outcome), bucketed by the minute they finished. When even the oldest of
-those finished inside the window, the minutes before it were not sampled:
-the chart shows them hatched rather than as zero, so a busy hour never looks
-quiet.
+outcome), bucketed by the minute they finished (the ``finished_at`` every
+terminal state records). When even the oldest of those finished inside the
+window, the minutes before it were not sampled: the chart shows them hatched
+rather than as zero, so a busy hour never looks quiet.
+
+The sample is the newest jobs by creation (the order ``jobs.Client`` lists
+in); a job created before the sample's oldest but finished inside the window
+is missed. With retries and queues that drain in order that is rare, and
+only a full sample (a busy hour) can miss it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
-from .._model import Job
+from .._model import Aborted, Failed, Job, Succeeded
 
 __all__ = ["SAMPLE", "Chart", "finished_at", "throughput"]
 
@@ -29,19 +34,16 @@ WIDTH, HEIGHT = 720, 180
 LEFT, RIGHT, TOP, BOTTOM = 44, 8, 10, 22
 
 
-def finished_at(job: Job) -> tuple[datetime, bool]:
-    """When ``job`` finished, and whether that is the recorded time.
+def finished_at(job: Job) -> datetime:
+    """When ``job`` finished: the ``finished_at`` its terminal state records.
 
-    Terminal states record ``finished_at`` from the job-control release on;
-    jobs written before have no such field, and their creation time stands in
-    (False).
+    Raises:
+      TypeError: ``job`` has not finished (its state records no finish time).
     """
-    # TODO(job control): drop the created_at stand-in once every terminal
-    # state records finished_at (SPEC §4b).
-    recorded = getattr(job.state, "finished_at", None)
-    if isinstance(recorded, datetime):
-        return recorded, True
-    return job.created_at, False
+    state = job.state
+    if not isinstance(state, (Succeeded, Failed, Aborted)):
+        raise TypeError(f"job {job.id} has not finished (it is {state.name})")
+    return state.finished_at
 
 
 @attrs.frozen
@@ -70,8 +72,6 @@ class Chart:
     peak: int
     #: Minutes at the start of the window that the sample did not reach.
     unsampled_minutes: int
-    #: True when some finish times are creation times (see :func:`finished_at`).
-    approximate: bool
     width: int = WIDTH
     height: int = HEIGHT
     left: int = LEFT
@@ -103,12 +103,10 @@ def throughput(
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=MINUTES - 1)
     counts = [[0, 0] for _ in range(MINUTES)]
     covered_from = start
-    approximate = False
     for column, rows in ((0, succeeded), (1, failed)):
         oldest: datetime | None = None
         for job in rows:
-            when, recorded = finished_at(job)
-            approximate = approximate or not recorded
+            when = finished_at(job)
             oldest = when if oldest is None else min(oldest, when)
             index = math.floor((when - start).total_seconds() / 60)
             if 0 <= index < MINUTES:
@@ -123,7 +121,6 @@ def throughput(
         failed=sum(f for _, f in counts),
         peak=peak,
         unsampled_minutes=unsampled,
-        approximate=approximate,
     )
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "SERVERS",
     "STARTS",
     "VERSIONS",
+    "WAITED",
+    "WAITERS",
     "migrate",
     "read_status",
 ]
@@ -41,6 +43,11 @@ RECURRING = "trio_monitor_recurring"
 VERSIONS = "trio_monitor_schema_version"
 QUEUES = "trio_monitor_queues"
 STARTS = "trio_monitor_queue_starts"
+WAITERS = "trio_monitor_waiters"
+#: ``trio_monitor_waited(job_id)``: whether a ``Client.wait`` is registered
+#: for the job. VOLATILE plpgsql, so it reads with a fresh snapshot after the
+#: calling statement has locked the job row (see ``PostgresStorage.watch_finish``).
+WAITED = "trio_monitor_waited"
 
 # Schema migrations; the i-th entry (1-based) brings the schema to version i.
 MIGRATIONS: tuple[str, ...] = (
@@ -121,6 +128,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE {STARTS} (queue text NOT NULL, started_at timestamptz NOT NULL);
     CREATE INDEX {STARTS}_window ON {STARTS} (queue, started_at);
     ALTER TABLE {RECURRING} ADD COLUMN timezone text NOT NULL DEFAULT 'UTC';
+    -- Who waits for which job: a finish is announced (NOTIFY) only for
+    -- these. Unlogged: after a crash the table is empty and waiters poll.
+    CREATE UNLOGGED TABLE {WAITERS} (
+        token      text PRIMARY KEY,
+        job_id     text NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX {WAITERS}_job ON {WAITERS} (job_id);
+    CREATE INDEX {WAITERS}_expires ON {WAITERS} (expires_at);
+    CREATE FUNCTION {WAITED}(waited_id text) RETURNS boolean
+        LANGUAGE plpgsql VOLATILE AS $$
+        BEGIN
+            RETURN EXISTS (SELECT 1 FROM {WAITERS} WHERE job_id = waited_id);
+        END
+        $$;
     """,
 )
 

@@ -30,6 +30,15 @@ How the pieces fit:
   A :class:`~._calls.Listener` per storage wakes
   :meth:`~PostgresStorage.wait_for_work` waiters. Polling remains the
   fallback.
+* **Finish push, only when awaited.** A completion (:meth:`~PostgresStorage.apply`)
+  sends ``trio_monitor_finished`` only for a job with a row in
+  ``trio_monitor_waiters``, which :meth:`~PostgresStorage.watch_finish`
+  writes for a ``Client.wait`` before it reads the job: a NOTIFY per
+  completion batch cost about a quarter of the throughput. No wake-up is
+  lost: registration share-locks the job row, so it either waits for a
+  completion in flight to commit (and the waiter then reads the result), or
+  the completion waits for the registration and its check, a VOLATILE
+  function with a fresh snapshot, sees it.
 * **Open** makes one connection first, so a wrong host, database, role or
   option fails at once with PostgreSQL's own message; then the schema
   (:mod:`._schema`) is created or migrated.
@@ -83,7 +92,7 @@ from ..._model import (
     Transitioned,
     decode_state,
 )
-from ..._storage import AbortOutcome, NextRun, SchemaStatus
+from ..._storage import WATCH_SECONDS, AbortOutcome, NextRun, SchemaStatus
 from .._rows import (
     JOB_COLUMNS,
     LIVE_SQL,
@@ -117,7 +126,17 @@ from .._rows import (
 )
 from .._wakeup import WakeUp
 from ._calls import CallRunner, Conn, Listener
-from ._schema import JOBS, QUEUES, RECURRING, SERVERS, STARTS, migrate, read_status
+from ._schema import (
+    JOBS,
+    QUEUES,
+    RECURRING,
+    SERVERS,
+    STARTS,
+    WAITED,
+    WAITERS,
+    migrate,
+    read_status,
+)
 
 __all__ = [
     "ABORT_CHANNEL",
@@ -619,7 +638,8 @@ class PostgresStorage:
             SELECT upd.*,
                 CASE WHEN upd.state = 'enqueued' OR upd.lock_key IS NOT NULL
                     THEN {_NOTIFY} END,
-                CASE WHEN upd.state IN ({_TERMINAL_SQL}) THEN {_NOTIFY_FINISHED} END
+                CASE WHEN upd.state IN ({_TERMINAL_SQL}) AND {WAITED}(upd.id)
+                    THEN {_NOTIFY_FINISHED} END
             FROM upd
         """)
         ids = [t.job_id for t in transitions]
@@ -801,6 +821,37 @@ class PostgresStorage:
         """Return on a job finishing here or NOTIFYed by any process."""
         await self._nothing()
         await self._finished.wait()
+
+    async def watch_finish(self, job_id: str, token: str) -> None:
+        """Register (or renew) waiter ``token`` so the job's finish is NOTIFYed.
+
+        One transaction: share-lock the job row (ordering this against a
+        completion of the job, see the module notes), upsert the waiter row
+        for ``WATCH_SECONDS`` (60 s), and sweep
+        expired rows of waiters that never unregistered.
+        """
+        lock = _q(f"SELECT 1 FROM {JOBS} WHERE id = %(job_id)s FOR SHARE")
+        upsert = _q(f"""
+            INSERT INTO {WAITERS} (token, job_id, expires_at)
+            VALUES (%(token)s, %(job_id)s, now() + make_interval(secs => %(ttl)s))
+            ON CONFLICT (token) DO UPDATE
+            SET job_id = excluded.job_id, expires_at = excluded.expires_at
+        """)
+        sweep = _q(f"DELETE FROM {WAITERS} WHERE expires_at < now()")
+        params = {"job_id": job_id, "token": token, "ttl": WATCH_SECONDS}
+
+        def run(conn: Conn) -> None:
+            with conn.transaction():
+                conn.execute(lock, params)
+                conn.execute(upsert, params)
+                conn.execute(sweep)
+
+        await self._call(run)
+
+    async def unwatch_finish(self, token: str) -> None:
+        """Remove waiter ``token`` (nothing if it is not registered)."""
+        sql = _q(f"DELETE FROM {WAITERS} WHERE token = %s")
+        await self._call(lambda conn: conn.execute(sql, [token]))
 
     async def retry(self, job_id: str, now: datetime) -> bool:
         """A Failed or Aborted job back to Enqueued, attempts 0."""

@@ -619,6 +619,15 @@ class SQLiteStorage:
         self._check_open()
         await self._finished.wait()
 
+    async def watch_finish(self, job_id: str, token: str) -> None:
+        """Nothing to register: finishes are pushed in process only."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+
+    async def unwatch_finish(self, token: str) -> None:
+        """Nothing to remove (see :meth:`watch_finish`)."""
+        await trio.lowlevel.checkpoint()
+
     async def retry(self, job_id: str, now: datetime) -> bool:
         """A Failed or Aborted job back to Enqueued, attempts 0."""
         columns = requeue_columns(now, to_us)
