@@ -368,6 +368,10 @@ async def test_a_worker_dying_by_a_bug_is_replaced_and_its_job_put_back(
     assert (await stored(memory_storage, job_id)).attempts == 2  # the lost attempt counts
     assert "died by a bug" in caplog.text
     assert "replacing it" in caplog.text
+    # Logged once, by the server (its identity, what became of the job), not
+    # a second time by the supervisor that restarts the task.
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
 
 
 def _dying_process(

@@ -35,7 +35,7 @@ import attrs
 import trio
 
 from .._backoff import Backoff
-from .._failures import Error, describe_reason
+from .._failures import Error, TaskFailure, describe_reason
 from .._supervisor import ChildHandle, Restart, Strategy, Supervisor, open_supervisor
 from .._token import ShutdownToken
 from .._validate import MAX_SECONDS, attrs_count, attrs_seconds, check_seconds, check_str
@@ -611,6 +611,7 @@ class _ServerRun:
         # Consecutive failures of each loop's storage calls, for its backoff.
         self._failures: dict[str, int] = {}
         self._supervisor: Supervisor | None = None
+        self._silent_subscription: trio.MemoryReceiveChannel[TaskFailure] | None = None
         self.tasks: list[_Task] = []
         # Waits that stop() interrupts (the fetcher's, the loops' pauses).
         self._waits: set[trio.CancelScope] = set()
@@ -785,6 +786,11 @@ class _ServerRun:
                 ) as supervisor,
             ):
                 self.processor.state = state
+                # The server logs its tasks' deaths itself, with its identity
+                # and what became of the job (_task_died). A subscription that
+                # keeps nothing tells the supervisor that someone listens, so it
+                # does not log each failure a second time.
+                self._silent_subscription = supervisor.subscribe(max_buffer_size=0)
                 await self._build(supervisor)
                 self.started = True
                 logger.info(
