@@ -730,6 +730,8 @@ class Supervisor:
             child.restarts += 1
             self._spawn(_Run(child, delay=delay))
             return
+        # Its run is over: it waits for the group's stops and the backoff.
+        child.status = "backing_off"
         # A child still in its first start belongs to its start() call.
         children = [c for c in self._children.values() if c.kept and not c.retired]
         if self._strategy is Strategy.REST_FOR_ONE:
