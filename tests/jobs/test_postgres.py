@@ -10,7 +10,6 @@ import importlib
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -126,25 +125,32 @@ async def test_claim_skips_rows_locked_elsewhere(storage: PostgresStorage, pg_ur
     assert late.id == first.id
 
 
-def _locks_of_others(url: str, blocker_pid: int, *, within: float = 5.0) -> int:
+def _count_locks_of_others(url: str, blocker_pid: int) -> int:
+    with raw(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE d.datname = current_database() AND l.pid NOT IN (pg_backend_pid(), %s) "
+            "AND l.locktype IN ('relation', 'tuple', 'transactionid') ",
+            [blocker_pid],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _locks_of_others(url: str, blocker_pid: int, *, within: float = 5.0) -> int:
     """Locks held or awaited by other sessions, once they are gone or ``within`` s passed.
 
     The server learns of a cancelled statement asynchronously (a cancel
-    request on another socket), so a loaded machine may need a moment.
+    request on another socket), so a loaded machine may need a moment. The
+    wait yields to Trio, so the storage's own cancel path can run meanwhile.
     """
-    deadline = time.monotonic() + within
-    while True:
-        with raw(url) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                "WHERE d.datname = current_database() AND l.pid NOT IN (pg_backend_pid(), %s) "
-                "AND l.locktype IN ('relation', 'tuple', 'transactionid') ",
-                [blocker_pid],
-            ).fetchone()
-        assert row is not None
-        if int(row[0]) == 0 or time.monotonic() > deadline:
-            return int(row[0])
-        time.sleep(0.05)
+    count = -1  # not read yet
+    with trio.move_on_after(within):
+        # Polling another system (PostgreSQL): no event to wait on.
+        while count := await trio.to_thread.run_sync(_count_locks_of_others, url, blocker_pid):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        return 0
+    return count
 
 
 async def test_cancelled_apply_blocked_on_a_row_lock_leaves_nothing(
@@ -161,7 +167,7 @@ async def test_cancelled_apply_blocked_on_a_row_lock_leaves_nothing(
         assert scope.cancelled_caught
         assert trio.current_time() - start < 5
         # Our statement is gone from the server: no locks, nothing waiting.
-        assert _locks_of_others(pg_url, blocker_pid) == 0
+        assert await _locks_of_others(pg_url, blocker_pid) == 0
         blocker.rollback()
     assert await storage.get(j.id) == j  # the cancelled swap did not happen
     with raw(pg_url, autocommit=False) as other:
@@ -183,7 +189,7 @@ async def test_cancelled_claim_blocked_on_a_table_lock_leaves_nothing(
         with trio.move_on_after(0.3) as scope:
             await storage.claim(queues=[], worker_ids=["w"], server_name="s", now=utcnow())
         assert scope.cancelled_caught
-        assert _locks_of_others(pg_url, blocker_pid) == 0
+        assert await _locks_of_others(pg_url, blocker_pid) == 0
         blocker.rollback()
     # The job is still claimable, and nobody holds its row.
     with raw(pg_url, autocommit=False) as other:
