@@ -58,7 +58,7 @@ from ._rows import (
     transition_columns,
     utc,
 )
-from ._wakeup import WakeUp
+from ._wakeup import InProcessPush, WakeUp
 
 __all__ = ["MemoryStorage", "open", "schema_status"]
 
@@ -88,7 +88,7 @@ def _job(row: InsertRow) -> Job:
     return job_from_row(row.job_row(), identity)
 
 
-class MemoryStorage:
+class MemoryStorage(InProcessPush):
     """A :class:`~trio_monitor.jobs.Storage` kept in this process's memory.
 
     Open it with ``open_storage("memory://")``; each one is a separate store.
@@ -342,21 +342,6 @@ class MemoryStorage:
             and row.server_name == server_name
             and row.abort_reason is not None
         ]
-
-    async def wait_for_abort(self) -> None:
-        self._check_open()
-        await self._aborts.wait()
-
-    async def wait_for_finish(self) -> None:
-        self._check_open()
-        await self._finished.wait()
-
-    async def watch_finish(self, job_id: str, token: str) -> None:
-        self._check_open()
-        await trio.lowlevel.checkpoint()
-
-    async def unwatch_finish(self, token: str) -> None:
-        await trio.lowlevel.checkpoint()
 
     async def retry(self, job_id: str, now: datetime) -> bool:
         await self._enter()

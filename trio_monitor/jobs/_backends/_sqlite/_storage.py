@@ -88,7 +88,7 @@ from .._rows import (
     updated,
     utc,
 )
-from .._wakeup import WakeUp
+from .._wakeup import InProcessPush, WakeUp
 from ._combiner import ConnectionThread
 from ._schema import SCHEMA_VERSION, connect, read_status
 
@@ -195,7 +195,7 @@ async def schema_status(url: str) -> SchemaStatus:
 # -- the storage -----------------------------------------------------------
 
 
-class SQLiteStorage:
+class SQLiteStorage(InProcessPush):
     """Job storage in an SQLite database file; see the module docstring.
 
     Open it with :func:`~trio_monitor.jobs.open_storage`
@@ -608,25 +608,6 @@ class SQLiteStorage:
         return await self._read(
             lambda conn: [(r[0], r[1]) for r in conn.execute(sql, (server_name,))]
         )
-
-    async def wait_for_abort(self) -> None:
-        """In-process aborts only; other processes' are seen by polling ``aborts_requested``."""
-        self._check_open()
-        await self._aborts.wait()
-
-    async def wait_for_finish(self) -> None:
-        """In-process finishes only; other processes' are seen by polling."""
-        self._check_open()
-        await self._finished.wait()
-
-    async def watch_finish(self, job_id: str, token: str) -> None:
-        """Nothing to register: finishes are pushed in process only."""
-        self._check_open()
-        await trio.lowlevel.checkpoint()
-
-    async def unwatch_finish(self, token: str) -> None:
-        """Nothing to remove (see :meth:`watch_finish`)."""
-        await trio.lowlevel.checkpoint()
 
     async def retry(self, job_id: str, now: datetime) -> bool:
         """A Failed or Aborted job back to Enqueued, attempts 0."""
