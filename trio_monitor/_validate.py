@@ -27,6 +27,7 @@ __all__ = [
     "check_fraction",
     "check_seconds",
     "check_str",
+    "shown",
 ]
 
 #: The longest duration anything persisted may be, in seconds (about 95
@@ -36,12 +37,26 @@ __all__ = [
 MAX_SECONDS: Final = 3.0e9
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message: never raises, never huge.
+
+    An argument is shown back to the caller who passed it; its ``__repr__``
+    may raise, and a huge int cannot even be turned into text (Python caps
+    int-to-str conversion), so the message stays readable whatever it is.
+    """
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object, unprintable>"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def check_count(name: str, value: object, *, minimum: int = 0) -> int:
     """``value`` as an int ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {value!r}")
+        raise TypeError(f"{name} must be an int, not {shown(value)}")
     if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+        raise ValueError(f"{name} must be an int >= {minimum}, not {shown(value)}")
     return value
 
 
@@ -59,34 +74,37 @@ def check_seconds(
     ``allow_inf``, and at most ``maximum`` when given.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    seconds = float(value)
+        raise TypeError(f"{name} must be a number of seconds, not {shown(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float: as long as forever
+        seconds = math.inf if value > 0 else -math.inf
     if math.isnan(seconds):
         raise ValueError(f"{name} must be a number of seconds, not NaN")
     if positive and not seconds > 0:
-        raise ValueError(f"{name} must be > 0 seconds, not {value!r}")
+        raise ValueError(f"{name} must be > 0 seconds, not {shown(value)}")
     if seconds < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
+        raise ValueError(f"{name} must be >= 0 seconds, not {shown(value)}")
     if math.isinf(seconds) and not allow_inf:
-        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+        raise ValueError(f"{name} must be a finite number of seconds, not {shown(value)}")
     if maximum is not None and seconds > maximum and not (allow_inf and math.isinf(seconds)):
-        raise ValueError(f"{name} must be at most {maximum:g} seconds, not {value!r}")
+        raise ValueError(f"{name} must be at most {maximum:g} seconds, not {shown(value)}")
     return seconds
 
 
 def check_fraction(name: str, value: object) -> float:
     """``value`` as a float in ``[0, 1]``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, not {value!r}")
+        raise TypeError(f"{name} must be a number, not {shown(value)}")
     if not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a fraction in [0, 1], not {value!r}")
+        raise ValueError(f"{name} must be a fraction in [0, 1], not {shown(value)}")
     return float(value)
 
 
 def check_str(name: str, value: object, *, allow_empty: bool = False) -> str:
     """``value`` as a (non-empty, unless ``allow_empty``) str."""
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {value!r}")
+        raise TypeError(f"{name} must be a str, not {shown(value)}")
     if not value and not allow_empty:
         raise ValueError(f"{name} must be a non-empty str")
     return value
@@ -95,7 +113,7 @@ def check_str(name: str, value: object, *, allow_empty: bool = False) -> str:
 def check_callable(name: str, value: object) -> Callable[..., Any]:
     """``value`` if it is callable."""
     if not callable(value):
-        raise TypeError(f"{name} must be callable, not {value!r}")
+        raise TypeError(f"{name} must be callable, not {shown(value)}")
     return value
 
 
@@ -152,8 +170,8 @@ def attrs_multiplier(owner: str, field: str) -> AttrsValidator:
 
     def validate(_instance: object, _attribute: object, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{name} must be a number, not {value!r}")
+            raise TypeError(f"{name} must be a number, not {shown(value)}")
         if not (math.isfinite(value) and value >= 1):
-            raise ValueError(f"{name} must be a finite number >= 1, not {value!r}")
+            raise ValueError(f"{name} must be a finite number >= 1, not {shown(value)}")
 
     return validate

@@ -407,11 +407,6 @@ class JobServer:
         """
         # ``server.enqueue`` is ``server.client.enqueue``; the server only
         # tells its scheduler about a due time it will have to act on.
-        due = None
-        if delay is not None and isinstance(delay, int | float) and delay >= 0:
-            due = self.now() + timedelta(seconds=min(float(delay), MAX_SECONDS))
-        elif isinstance(run_at, datetime):
-            due = run_at
         job_id = await self.client.enqueue(
             method,
             payload,
@@ -424,6 +419,12 @@ class JobServer:
             timeout=timeout,
             headers=headers,
         )
+        # The client has checked delay and run_at by now.
+        due = None
+        if delay is not None:
+            due = self.now() + timedelta(seconds=float(delay))
+        elif run_at is not None:
+            due = run_at
         if due is not None and self._run is not None:
             self._run.note_due(due)
         return job_id
