@@ -185,3 +185,56 @@ def test_async_durations_accept_or_refuse_by_name(name: str, value: object) -> N
 
     # Accepted durations may be long: virtual time, so nothing waits for them.
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# The same rule for every other argument checked by type: an argument whose
+# repr raises is still refused with the TypeError that names the parameter.
+
+
+async def _subscribe(value: Any) -> None:
+    async with tm.open_monitor() as monitor:
+        monitor.subscribe(value)
+
+
+async def _supervisor_strategy(value: Any) -> None:
+    async with tm.open_supervisor(strategy=value):
+        pass
+
+
+async def _supervisor_backoff(value: Any) -> None:
+    async with tm.open_supervisor(backoff=value):
+        pass
+
+
+async def _registry_kind(value: Any) -> None:
+    async with tm.open_registry() as registry:
+        registry.spawn("t", value, _idle)
+
+
+def _client_call(**kwargs: Any) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        async with jobs.open_storage("memory://") as storage:
+            await jobs.Client(storage).enqueue("m", None, **kwargs)
+
+    return call
+
+
+HOSTILE_ENTRIES: dict[str, Callable[[Any], Awaitable[None]]] = {
+    "max_buffer_size": _subscribe,
+    "strategy": _supervisor_strategy,
+    "backoff": _supervisor_backoff,
+    "task kind": _registry_kind,
+    "priority": lambda v: _client_call(priority=v)(),
+    "headers": lambda v: _client_call(headers=v)(),
+    "run_at": lambda v: _client_call(run_at=v)(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ENTRIES))
+def test_unprintable_arguments_are_refused_by_name(name: str) -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match=name) as caught:
+            await HOSTILE_ENTRIES[name](Unprintable())
+        assert "unprintable" in str(caught.value)
+
+    trio.run(main)

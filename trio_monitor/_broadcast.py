@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 import trio
 
 from ._failures import Panic, TaskFailure, describe_reason
+from ._validate import shown
 
 __all__ = ["Broadcaster", "publish_or_log"]
 
@@ -43,11 +44,11 @@ class Broadcaster(Generic[T]):
             or max_buffer_size == math.inf
         ):
             raise TypeError(
-                f"max_buffer_size must be an int >= 0 or math.inf, not {max_buffer_size!r}"
+                f"max_buffer_size must be an int >= 0 or math.inf, not {shown(max_buffer_size)}"
             )
         if max_buffer_size < 0:
             raise ValueError(
-                f"max_buffer_size must be an int >= 0 or math.inf, not {max_buffer_size!r}"
+                f"max_buffer_size must be an int >= 0 or math.inf, not {shown(max_buffer_size)}"
             )
         send, receive = trio.open_memory_channel[T](max_buffer_size)
         if self._closed:

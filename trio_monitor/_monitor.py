@@ -15,7 +15,7 @@ import trio
 from ._broadcast import Broadcaster, publish_or_log
 from ._core import FINITE, INFINITE, FailurePolicy, SupervisedNursery, TaskState, open_component
 from ._failures import TaskFailure, TaskInfo
-from ._validate import check_str
+from ._validate import check_str, shown
 
 __all__ = ["MonitorStatistics", "TaskHandle", "TaskMonitor", "open_monitor"]
 
@@ -136,7 +136,7 @@ def _error_types(
     ):
         raise TypeError(
             "errors must be an Exception subclass or a tuple of them, not "
-            f"{errors!r} (BaseExceptions such as trio.Cancelled are never treated as errors)"
+            f"{shown(errors)} (BaseExceptions such as trio.Cancelled are never treated as errors)"
         )
     return types
 

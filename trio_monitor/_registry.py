@@ -25,7 +25,7 @@ from ._core import FINITE, SupervisedNursery, TaskState, open_component
 from ._errors import ShutdownDeadlineExceeded
 from ._failures import Panic, TaskFailure, describe_reason
 from ._token import ShutdownToken
-from ._validate import check_seconds, check_str
+from ._validate import check_seconds, check_str, shown
 
 __all__ = ["AbortHandle", "TaskKind", "TaskRegistry", "TaskSummary", "open_registry"]
 
@@ -169,7 +169,7 @@ class TaskRegistry:
         """
         check_str("task name", name, allow_empty=True)
         if not isinstance(kind, TaskKind):
-            raise TypeError(f"task kind must be a trio_monitor.TaskKind member, not {kind!r}")
+            raise TypeError(f"task kind must be a trio_monitor.TaskKind member, not {shown(kind)}")
         meta: _Meta = (kind, time.time())
         return AbortHandle(self._supervisor.spawn(name, async_fn, args, FINITE, meta))
 

@@ -55,7 +55,7 @@ from ._failures import (
 )
 from ._heartbeat import Pulse, bind, wait_until_late
 from ._token import ShutdownToken
-from ._validate import check_count, check_seconds, check_str
+from ._validate import check_count, check_seconds, check_str, shown
 
 __all__ = [
     "ChildHandle",
@@ -490,7 +490,7 @@ class Supervisor:
         """
         check_str("child name", name)
         if not isinstance(restart, Restart):
-            raise TypeError(f"restart must be a trio_monitor.Restart member, not {restart!r}")
+            raise TypeError(f"restart must be a trio_monitor.Restart member, not {shown(restart)}")
         shutdown = check_seconds("shutdown_timeout", shutdown_timeout, allow_inf=True)
         liveness = (
             None
@@ -900,13 +900,13 @@ async def open_supervisor(
       RestartIntensityExceeded: The supervisor gave up.
     """
     if not isinstance(strategy, Strategy):
-        raise TypeError(f"strategy must be a trio_monitor.Strategy member, not {strategy!r}")
+        raise TypeError(f"strategy must be a trio_monitor.Strategy member, not {shown(strategy)}")
     max_restarts = check_count("max_restarts", max_restarts)
     within = check_seconds("within", within, positive=True, allow_inf=True)
     if backoff is None:
         backoff = Backoff()
     elif not isinstance(backoff, Backoff):
-        raise TypeError(f"backoff must be a trio_monitor.Backoff, not {backoff!r}")
+        raise TypeError(f"backoff must be a trio_monitor.Backoff, not {shown(backoff)}")
     broadcaster: Broadcaster[TaskFailure] = Broadcaster()
     built: list[Supervisor] = []
 

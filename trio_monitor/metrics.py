@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import jobs
+from ._validate import shown
 
 __all__ = [
     "CollectorRegistry",
@@ -216,7 +217,9 @@ class JobCountsCollector(Collector):
         the last good figures stay exported meanwhile.
         """
         if not isinstance(interval, int | float) or not interval > 0 or math.isinf(interval):
-            raise ValueError(f"interval must be a finite number of seconds > 0, got {interval!r}")
+            raise ValueError(
+                f"interval must be a finite number of seconds > 0, got {shown(interval)}"
+            )
         started = False
         while True:
             try:
@@ -271,7 +274,7 @@ class StatisticsCollector(Collector):
 
     def __init__(self, component: str, source: HasStatistics | Callable[[], object]) -> None:
         if not isinstance(component, str) or not component.isidentifier():
-            raise ValueError(f"component must be an identifier-like str, got {component!r}")
+            raise ValueError(f"component must be an identifier-like str, got {shown(component)}")
         statistics = getattr(source, "statistics", None)
         if callable(statistics):
             self._read: Callable[[], object] = statistics
@@ -279,7 +282,7 @@ class StatisticsCollector(Collector):
             self._read = source
         else:
             raise TypeError(
-                f"source must have a statistics() method or be callable, got {source!r}"
+                f"source must have a statistics() method or be callable, got {shown(source)}"
             )
         self.component = component
 

@@ -20,7 +20,7 @@ from typing import Any, Final, cast
 
 import trio
 
-from .._validate import MAX_SECONDS, check_count, check_seconds, check_str
+from .._validate import MAX_SECONDS, check_count, check_seconds, check_str, shown
 from ._model import (
     Aborted,
     AwaitingRetry,
@@ -75,11 +75,13 @@ def _state_filter(state: object) -> type[JobState] | None:
             return _STATES[state]
         except KeyError:
             raise ValueError(
-                f"unknown job state {state!r}: use one of {', '.join(sorted(_STATES))}"
+                f"unknown job state {shown(state)}: use one of {', '.join(sorted(_STATES))}"
             ) from None
     if isinstance(state, type) and state in _STATES.values():
         return state
-    raise TypeError(f"state must be a job state class (e.g. jobs.Failed) or name, not {state!r}")
+    raise TypeError(
+        f"state must be a job state class (e.g. jobs.Failed) or name, not {shown(state)}"
+    )
 
 
 def check_rate(rate: object) -> tuple[int, float] | None:
@@ -87,10 +89,10 @@ def check_rate(rate: object) -> tuple[int, float] | None:
     if rate is None:
         return None
     if not isinstance(rate, tuple):
-        raise TypeError(f"rate must be a tuple (n, seconds) or None, not {rate!r}")
+        raise TypeError(f"rate must be a tuple (n, seconds) or None, not {shown(rate)}")
     pair = cast(tuple[object, ...], rate)
     if len(pair) != 2:
-        raise TypeError(f"rate must be a tuple (n, seconds) or None, not {rate!r}")
+        raise TypeError(f"rate must be a tuple (n, seconds) or None, not {shown(rate)}")
     count, seconds = pair
     return (
         check_count("rate[0] (jobs per window)", count, minimum=1),
@@ -111,7 +113,7 @@ class Client:
 
     def __init__(self, storage: Storage, *, clock: Callable[[], datetime] = utcnow) -> None:
         if not isinstance(storage, Storage):
-            raise TypeError(f"storage must be a jobs.Storage, not {storage!r}")
+            raise TypeError(f"storage must be a jobs.Storage, not {shown(storage)}")
         self._storage = storage
         self._clock = clock
 
@@ -171,7 +173,7 @@ class Client:
         batch = list(jobs)
         for index, job in enumerate(batch):
             if not isinstance(job, Job):
-                raise TypeError(f"jobs[{index}] must be a jobs.Job, not {job!r}")
+                raise TypeError(f"jobs[{index}] must be a jobs.Job, not {shown(job)}")
         return await self._storage.enqueue_many(batch)
 
     async def get(self, job_id: str) -> Job | None:

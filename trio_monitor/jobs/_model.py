@@ -17,7 +17,7 @@ from typing import Any, ClassVar, cast
 
 import attrs
 
-from .._validate import MAX_SECONDS, check_fraction, check_seconds, check_str
+from .._validate import MAX_SECONDS, check_fraction, check_seconds, check_str, shown
 
 __all__ = [
     "LIVE_STATE_NAMES",
@@ -70,7 +70,7 @@ def dump_json(value: object, what: str = "payload") -> str:
 
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
-        raise ValueError(f"timestamps must be timezone-aware (UTC), got naive {value!r}")
+        raise ValueError(f"timestamps must be timezone-aware (UTC), got naive {shown(value)}")
     return value
 
 
@@ -224,7 +224,7 @@ def stored_state(state: JobState) -> tuple[str, str, JobState]:
     try:
         plan = _STATE_FIELDS[type(state)]
     except KeyError:
-        raise TypeError(f"not a job state: {state!r}") from None
+        raise TypeError(f"not a job state: {shown(state)}") from None
     fields: dict[str, Any] = {}
     converted = False
     for name, is_datetime in plan:
@@ -262,7 +262,7 @@ def _fraction(value: object) -> float:
 
 def _check_message(_: object, __: object, value: Any) -> None:
     if value is not None and not isinstance(value, str):
-        raise TypeError(f"progress message must be a str or None, not {value!r}")
+        raise TypeError(f"progress message must be a str or None, not {shown(value)}")
 
 
 @attrs.frozen
@@ -283,12 +283,12 @@ def check_headers(value: object) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise TypeError(f"headers must be a mapping of str to str, not {value!r}")
+        raise TypeError(f"headers must be a mapping of str to str, not {shown(value)}")
     headers: dict[str, str] = {}
     items: Mapping[object, object] = cast(Mapping[object, object], value)
     for key, item in items.items():
         if not isinstance(key, str) or not isinstance(item, str):
-            raise TypeError(f"headers must map str to str, got {key!r}: {item!r}")
+            raise TypeError(f"headers must map str to str, got {shown(key)}: {shown(item)}")
         headers[key] = item
     return headers
 
@@ -307,7 +307,7 @@ def check_key(name: str, value: object) -> str | None:
 
 def _priority(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"priority must be an int, not {value!r}")
+        raise TypeError(f"priority must be an int, not {shown(value)}")
     if not -(2**31) <= value < 2**31:
         raise ValueError(f"priority must fit in 32 bits (-2**31 to 2**31 - 1), got {value}")
     return value
@@ -401,9 +401,9 @@ class Job:
                 state = Scheduled(now + timedelta(seconds=seconds))
         elif run_at is not None:
             if not isinstance(run_at, datetime):
-                raise TypeError(f"run_at must be a datetime, not {run_at!r}")
+                raise TypeError(f"run_at must be a datetime, not {shown(run_at)}")
             if run_at.tzinfo is None:
-                raise ValueError(f"run_at must be timezone-aware, got naive {run_at!r}")
+                raise ValueError(f"run_at must be timezone-aware, got naive {shown(run_at)}")
             if run_at > now:
                 state = Scheduled(run_at)
         return cls(
