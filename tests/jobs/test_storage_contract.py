@@ -1045,7 +1045,8 @@ async def make_schema_newer(backend: Backend, url: str, version: int) -> None:
     import psycopg
 
     def stamp() -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
+        # Our own URL options (claim_synchronous_commit) are not libpq's.
+        with psycopg.connect(url.partition("?")[0], autocommit=True) as conn:
             conn.execute("INSERT INTO trio_monitor_schema_version (version) VALUES (%s)", [version])
 
     await trio.to_thread.run_sync(stamp)
