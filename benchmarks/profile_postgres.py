@@ -47,6 +47,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from _harness import ROOT, machine
@@ -324,7 +327,36 @@ def report_latency(traces: list[dict[str, float]]) -> None:
 # -- processes -----------------------------------------------------------------------------
 
 
-def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str, Any]:
+def cluster_cpu(datadir: Path) -> float:
+    """CPU seconds the cluster has used: the postmaster, its live children, and the reaped ones.
+
+    Backends that ended count through the postmaster's cutime/cstime (it
+    waits for them). Linux only: reads /proc.
+    """
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
+        elif ppid == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def processes_round(
+    url: str,
+    n: int,
+    count: int,
+    concurrency: int,
+    pg_cpu: Callable[[], float] | None = None,
+) -> dict[str, Any]:
+    """P server processes on N jobs; ``pg_cpu()`` (if given) reads the cluster's CPU seconds."""
     import bench_postgres
 
     bench_postgres.trio_monitor_enqueue(url, n, 0.0)
@@ -352,6 +384,7 @@ def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str,
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "READY":
             raise RuntimeError("a worker process did not start")
+    pg_before = pg_cpu() if pg_cpu else 0.0
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("GO\n")
@@ -364,11 +397,16 @@ def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str,
         )
     if len(results) != count:
         raise RuntimeError("a worker process failed")
+    time.sleep(0.2)  # the postmaster reaps the ended backends
+    pg_used = pg_cpu() - pg_before if pg_cpu else None
     span = max(r["last"] for r in results) - min(r["start"] for r in results)
     claims = sorted(c for r in results for c in r["claims"])
     return {
         "rate": n / span,
         "cpu": sum(r["cpu"] for r in results) / span,  # cores used by the server processes
+        "cpu_per_job": sum(r["cpu"] for r in results) / n,
+        # Includes the servers' stop and the backends' exit, after the span.
+        "pg_cpu_per_job": None if pg_used is None else pg_used / n,
         "share": [r["done"] for r in results],
         "claims": claims,
     }
@@ -435,11 +473,15 @@ def main() -> None:
             order = counts[round_ % len(counts) :] + counts[: round_ % len(counts)]
             for p in order:
                 url = cluster.create_database(f"p{p}_{round_}") + option
-                got = processes_round(url, n, p, args.concurrency)
+                got = processes_round(
+                    url, n, p, args.concurrency, partial(cluster_cpu, cluster.datadir)
+                )
                 rates[p].append(got["rate"])
                 print(
                     f"round {round_ + 1}, {p} process(es): {got['rate']:,.0f} jobs/s, "
                     f"jobs per process {got['share']}, {got['cpu']:.2f} cores busy; "
+                    f"CPU per job: servers {got['cpu_per_job'] * 1e6:.0f} us, "
+                    f"PostgreSQL {got['pg_cpu_per_job'] * 1e6:.0f} us; "
                     f"{claim_summary(got['claims'])}; "
                     f"load {os.getloadavg()[0]:.1f}",
                     flush=True,
