@@ -60,6 +60,10 @@ URL query parameters (removed before the URL is given to libpq):
   :class:`psycopg_pool.PoolTimeout` (an :class:`psycopg.OperationalError`).
 * ``lock_timeout`` (default 5.0) and ``statement_timeout`` (default 60.0):
   seconds one statement may wait for a lock, or run; 0 means no limit.
+* ``claim_synchronous_commit`` (default: not set): PostgreSQL's
+  ``synchronous_commit`` for claims only, set inside the claim's statement.
+  ``off`` trades a lost claim after a PostgreSQL crash (its jobs run again)
+  for not waiting on the claim's WAL flush.
 """
 
 from __future__ import annotations
@@ -620,7 +624,7 @@ class PostgresStorage:
         """)
         params = {
             **_arrays([c for c, _ in changes], columns),
-            "queues": list(queues),
+            "queues": queues,
             "limit": len(worker_ids),
             "commit": commit,
         }
@@ -631,7 +635,7 @@ class PostgresStorage:
                 with conn.transaction():
                     if commit:
                         conn.execute(_SET_COMMIT_LEVEL, [commit])
-                    found = _admit(conn, list(queues), [c for c, _ in changes], now)
+                    found = _admit(conn, queues, [c for c, _ in changes], now)
                 return [_job(row, 1, states[int(row[0]) - 1]) for row in found]
             rows = sorted((row[1:] for row in found if row[1] is not None), key=lambda r: r[0])
             return [_job(row, 1, states[int(row[0]) - 1]) for row in rows]
@@ -1112,12 +1116,13 @@ def _pick_sql(by_queue: bool) -> str:
 
     Columns: id, priority, seq, lock_key.
 
-    Each form reads only the first rows of an index in order, however long
-    the queue: all queues from the claim index, and named queues each from
-    the per-queue claim index, its first ``limit`` unlocked rows, then the
-    first ``limit`` of those together. (``queue = ANY(...)`` on one scan
-    would read and sort every enqueued job of those queues.) The rows locked
-    but not taken are released when the statement's transaction ends.
+    Named queues: each queue's first ``limit`` unlocked rows from the
+    per-queue claim index (an ordered index scan whatever the table's
+    statistics), then the first ``limit`` of those together; ``queue =
+    ANY(...)`` in one scan would read and sort every enqueued job of those
+    queues. The rows locked but not taken are released when the statement's
+    transaction ends. All queues: the claim index in order, which the planner
+    chooses once the table has statistics.
     """
     if not by_queue:
         return f"""
