@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/bench_postgres.py [--quick] [--rounds R] [--jobs N]
 [--concurrency C] [--systems trio_monitor,procrastinate,saq] [--processes P] [--fsync-off]
-[--plot]``
+[--claim-commit on|off] [--plot]``
 
 Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``) at
 PostgreSQL's default durability (fsync on; ``--fsync-off`` for the extra,
@@ -394,6 +394,12 @@ def main() -> None:
         help="run the cluster with fsync, synchronous_commit and full_page_writes off "
         "(default: PostgreSQL's own durable defaults)",
     )
+    parser.add_argument(
+        "--claim-commit",
+        choices=["on", "off"],
+        help="open trio_monitor's storage with claim_synchronous_commit=on|off "
+        "(default: not set, the cluster's synchronous_commit)",
+    )
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -412,12 +418,18 @@ def main() -> None:
     failed: dict[str, str] = {}
     several = f"trio_monitor x{args.processes} processes"
     several_rates: list[float] = []
+    option = f"?claim_synchronous_commit={args.claim_commit}" if args.claim_commit else ""
+
+    def database(system: str, name: str) -> str:
+        url = cluster.create_database(name)
+        return url + option if system == "trio_monitor" else url
+
     with PgCluster.start(durable=not args.fsync_off) as cluster:
         # One untimed warm-up per system (a short throughput run): the
         # cluster's caches, the children's imports, the first connections.
         for system in systems:
             try:
-                url = cluster.create_database(f"bench_{system}_warm_up")
+                url = database(system, f"bench_{system}_warm_up")
                 throughput(system, url, min(args.jobs, 500), args.concurrency)
             except Exception as exc:
                 failed[system] = f"{type(exc).__name__}: {exc}"
@@ -427,9 +439,9 @@ def main() -> None:
                 if system in failed:
                     continue
                 try:
-                    url = cluster.create_database(f"bench_{system}_{round_}_t")
+                    url = database(system, f"bench_{system}_{round_}_t")
                     rates[system].append(throughput(system, url, args.jobs, args.concurrency))
-                    url = cluster.create_database(f"bench_{system}_{round_}_l")
+                    url = database(system, f"bench_{system}_{round_}_l")
                     lats[system].extend(
                         latency(system, url, args.latency_jobs, args.concurrency, args.gap)
                     )
@@ -438,13 +450,15 @@ def main() -> None:
                 print(f"round {round_ + 1}: {system} done", file=sys.stderr, flush=True)
             if "trio_monitor" in systems and args.processes > 1 and several not in failed:
                 try:
-                    url = cluster.create_database(f"bench_several_{round_}")
+                    url = database("trio_monitor", f"bench_several_{round_}")
                     got = processes_round(url, args.jobs, args.processes, args.concurrency)
                     several_rates.append(got["rate"])
                 except Exception as exc:
                     failed[several] = f"{type(exc).__name__}: {exc}"
 
     durability = "fsync off" if args.fsync_off else "default durability (fsync on)"
+    if args.claim_commit:
+        durability += f"; trio_monitor with claim_synchronous_commit={args.claim_commit}"
     print(f"\n{machine()}; PostgreSQL cluster at {durability}")
     print(
         f"N={args.jobs} no-op jobs, concurrency={args.concurrency}, rounds={args.rounds}, "

@@ -47,6 +47,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from _harness import ROOT, machine
@@ -174,14 +177,27 @@ def process_worker(url: str, n: int, concurrency: int) -> None:
             server = jobs.JobServer(config, storage, workers, on_state_change=stored)
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run)
-                # Other processes finish jobs too: the database says when all are done.
-                while (await storage.count_by_state()).get("succeeded", 0) < n:  # noqa: ASYNC110
-                    await trio.sleep(0.02)
+                # Other processes finish jobs too: the database says when all are
+                # done. Two index lookups (not a count over the table, which
+                # took PostgreSQL a few ms a time), every 0.1 s: the span ends
+                # at the last stored outcome (``last``), not at this poll.
+                while await unfinished(storage):  # noqa: ASYNC110
+                    await trio.sleep(0.1)
                 await server.stop()
         cpu = time.process_time() - cpu
         return {"start": start, "last": last, "done": done, "cpu": cpu, "claims": claim_times()}
 
     print("RESULT " + json.dumps(trio.run(main)), flush=True)
+
+
+async def unfinished(storage: Any) -> bool:
+    """Whether any job is still Enqueued or Processing (two index lookups)."""
+    from trio_monitor import jobs
+
+    for state in (jobs.Enqueued, jobs.Processing):
+        if await storage.list_jobs(state=state, limit=1):
+            return True
+    return False
 
 
 def claim_times() -> list[tuple[float, float, int]]:
@@ -311,7 +327,36 @@ def report_latency(traces: list[dict[str, float]]) -> None:
 # -- processes -----------------------------------------------------------------------------
 
 
-def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str, Any]:
+def cluster_cpu(datadir: Path) -> float:
+    """CPU seconds the cluster has used: the postmaster, its live children, and the reaped ones.
+
+    Backends that ended count through the postmaster's cutime/cstime (it
+    waits for them). Linux only: reads /proc.
+    """
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
+        elif ppid == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def processes_round(
+    url: str,
+    n: int,
+    count: int,
+    concurrency: int,
+    pg_cpu: Callable[[], float] | None = None,
+) -> dict[str, Any]:
+    """P server processes on N jobs; ``pg_cpu()`` (if given) reads the cluster's CPU seconds."""
     import bench_postgres
 
     bench_postgres.trio_monitor_enqueue(url, n, 0.0)
@@ -339,6 +384,7 @@ def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str,
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "READY":
             raise RuntimeError("a worker process did not start")
+    pg_before = pg_cpu() if pg_cpu else 0.0
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("GO\n")
@@ -351,11 +397,16 @@ def processes_round(url: str, n: int, count: int, concurrency: int) -> dict[str,
         )
     if len(results) != count:
         raise RuntimeError("a worker process failed")
+    time.sleep(0.2)  # the postmaster reaps the ended backends
+    pg_used = pg_cpu() - pg_before if pg_cpu else None
     span = max(r["last"] for r in results) - min(r["start"] for r in results)
     claims = sorted(c for r in results for c in r["claims"])
     return {
         "rate": n / span,
         "cpu": sum(r["cpu"] for r in results) / span,  # cores used by the server processes
+        "cpu_per_job": sum(r["cpu"] for r in results) / n,
+        # Includes the servers' stop and the backends' exit, after the span.
+        "pg_cpu_per_job": None if pg_used is None else pg_used / n,
         "share": [r["done"] for r in results],
         "claims": claims,
     }
@@ -383,6 +434,11 @@ def main() -> None:
     parser.add_argument("--processes", default="1,3")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fsync-off", action="store_true")
+    parser.add_argument(
+        "--claim-commit",
+        choices=["on", "off"],
+        help="open the storage with claim_synchronous_commit=on|off (default: not set)",
+    )
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "producer":
@@ -395,10 +451,13 @@ def main() -> None:
     from tests.pg_cluster import PgCluster
 
     durability = "fsync off" if args.fsync_off else "default durability (fsync on)"
+    if args.claim_commit:
+        durability += f", claim_synchronous_commit={args.claim_commit}"
+    option = f"?claim_synchronous_commit={args.claim_commit}" if args.claim_commit else ""
     with PgCluster.start(durable=not args.fsync_off) as cluster:
         if args.mode == "latency":
             n = args.jobs or 300
-            traces = latency(cluster.create_database("lat"), n, args.gap, args.concurrency)
+            traces = latency(cluster.create_database("lat") + option, n, args.gap, args.concurrency)
             print(f"{machine()}; PostgreSQL at {durability}")
             print(
                 f"{n} jobs, one at a time {args.gap * 1000:.0f} ms apart, {args.concurrency} idle"
@@ -407,18 +466,22 @@ def main() -> None:
             return
         n = args.jobs or 5000
         counts = [int(p) for p in args.processes.split(",")]
-        processes_round(cluster.create_database("warm"), min(n, 500), counts[-1], args.concurrency)
+        url = cluster.create_database("warm") + option
+        processes_round(url, min(n, 500), counts[-1], args.concurrency)
         rates: dict[int, list[float]] = {p: [] for p in counts}
         for round_ in range(args.rounds):
             order = counts[round_ % len(counts) :] + counts[: round_ % len(counts)]
             for p in order:
+                url = cluster.create_database(f"p{p}_{round_}") + option
                 got = processes_round(
-                    cluster.create_database(f"p{p}_{round_}"), n, p, args.concurrency
+                    url, n, p, args.concurrency, partial(cluster_cpu, cluster.datadir)
                 )
                 rates[p].append(got["rate"])
                 print(
                     f"round {round_ + 1}, {p} process(es): {got['rate']:,.0f} jobs/s, "
                     f"jobs per process {got['share']}, {got['cpu']:.2f} cores busy; "
+                    f"CPU per job: servers {got['cpu_per_job'] * 1e6:.0f} us, "
+                    f"PostgreSQL {got['pg_cpu_per_job'] * 1e6:.0f} us; "
                     f"{claim_summary(got['claims'])}; "
                     f"load {os.getloadavg()[0]:.1f}",
                     flush=True,

@@ -183,7 +183,7 @@ def test_pause_keeps_a_queue_from_starting_until_resumed(shared_cli: Cli) -> Non
 # -- migrate ------------------------------------------------------------------------
 
 
-def check_migrate_from_v1(url: str) -> None:
+def check_migrate_from_v1(url: str, latest: int) -> None:
     def migrate(*args: str) -> tuple[int, str, str]:
         done = run("migrate", *args, "--storage", url)
         return done.returncode, done.stdout, done.stderr
@@ -192,16 +192,16 @@ def check_migrate_from_v1(url: str) -> None:
     assert status == 1
     assert "migrations pending: the database has schema version 1" in err
     assert err.count("\n") == 1
-    assert migrate() == (0, "migrated the schema from version 1 to 2\n", "")
-    assert migrate("--check") == (0, "schema up to date (version 2)\n", "")
-    assert migrate() == (0, "schema up to date (version 2)\n", "")
+    assert migrate() == (0, f"migrated the schema from version 1 to {latest}\n", "")
+    assert migrate("--check") == (0, f"schema up to date (version {latest})\n", "")
+    assert migrate() == (0, f"schema up to date (version {latest})\n", "")
 
 
 def test_migrate_a_v1_sqlite_database(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     build_sqlite_v1(path)
     url = f"sqlite:///{path}"
-    check_migrate_from_v1(url)
+    check_migrate_from_v1(url, latest=2)
     (job,) = [job for job in json.loads(run_json("jobs", url)) if job["id"] == "j-failed"]
     assert job["state"] == "failed"  # the jobs are kept
 
@@ -227,13 +227,13 @@ def test_migrate_a_v1_postgres_database(pg_cluster: PgCluster) -> None:
     url = pg_cluster.create_database()
     try:
         pg_cluster.execute((SCHEMAS / "postgres_v1.sql").read_text(), url.rsplit("/", 1)[1])
-        check_migrate_from_v1(url)
+        check_migrate_from_v1(url, latest=3)
         pg_cluster.execute(
             "INSERT INTO trio_monitor_schema_version (version) VALUES (99)", url.rsplit("/", 1)[1]
         )
         newer = run("migrate", "--check", "--storage", url)
         assert newer.returncode == 2
-        assert "schema version 99, newer than this trio_monitor's 2" in newer.stderr
+        assert "schema version 99, newer than this trio_monitor's 3" in newer.stderr
     finally:
         pg_cluster.drop_database(url.rsplit("/", 1)[1])
 

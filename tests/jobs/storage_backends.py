@@ -45,10 +45,21 @@ def _postgres_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+def _postgres_async_claims_url(request: pytest.FixtureRequest) -> str:
+    # Claims that commit without waiting for their WAL flush: the contract must not change.
+    return _postgres_url(request) + "?claim_synchronous_commit=off"
+
+
 BACKENDS: list[Backend] = [
     Backend("memory", lambda request: "memory://", shared=False),
     Backend("sqlite", _sqlite_url, shared=True),
     Backend("postgres", _postgres_url, shared=True, marks=[pytest.mark.postgres]),
+    Backend(
+        "postgres-async-claims",
+        _postgres_async_claims_url,
+        shared=True,
+        marks=[pytest.mark.postgres],
+    ),
 ]
 
 

@@ -30,7 +30,10 @@ from trio_monitor.jobs._model import (
 
 psycopg = pytest.importorskip("psycopg")
 from trio_monitor.jobs._backends._postgres import SCHEMA_VERSION, PostgresStorage  # noqa: E402
-from trio_monitor.jobs._backends._postgres._storage import _parse_url  # noqa: E402
+from trio_monitor.jobs._backends._postgres._storage import (  # noqa: E402
+    _parse_url,
+    _pick_sql,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -78,16 +81,21 @@ async def test_open_storage_dispatches_postgres_urls(pg_url: str) -> None:
 # -- PostgreSQL specifics -------------------------------------------------------------
 
 
-async def test_concurrent_claims_are_disjoint(pg_url: str) -> None:
+@pytest.mark.parametrize("option", ["", "?claim_synchronous_commit=off"])
+@pytest.mark.parametrize("queues", [[], ["default"], ["other", "default"]])
+async def test_concurrent_claims_are_disjoint(pg_url: str, option: str, queues: list[str]) -> None:
     n_jobs = 600
-    async with opened(pg_url) as a, opened(pg_url) as b, opened(pg_url) as c:
-        await a.enqueue_many([job(i) for i in range(n_jobs)])
+    url = pg_url + option
+    async with opened(url) as a, opened(url) as b, opened(url) as c:
+        await a.enqueue_many([job(i, queue=("default", "other")[i % 2]) for i in range(n_jobs)])
+        if queues == ["default"]:
+            n_jobs //= 2
         claimed: list[str] = []
 
         async def claimer(storage: PostgresStorage, name: str) -> None:
             while True:
                 got = await storage.claim(
-                    queues=["default"],
+                    queues=queues,
                     worker_ids=[f"{name}-{i}" for i in range(3)],
                     server_name=name,
                     now=utcnow(),
@@ -105,9 +113,50 @@ async def test_concurrent_claims_are_disjoint(pg_url: str) -> None:
                     nursery.start_soon(claimer, s, f"s{s_i}t{t}")
         assert len(claimed) == n_jobs
         assert len(set(claimed)) == n_jobs
-        assert await a.count_by_state() == {"processing": n_jobs}
+        assert (await a.count_by_state())["processing"] == n_jobs
         # Every job claimed exactly once: one attempt each.
-        assert {j.attempts for j in await a.list_jobs()} == {1}
+        assert {j.attempts for j in await a.list_jobs(state=Processing)} == {1}
+        # Compare-and-swap on the claimed version: one outcome per job, whoever tries.
+        processing = await a.list_jobs(state=Processing)
+        first = await b.apply([succeed(j) for j in processing])
+        again = await c.apply([succeed(j) for j in processing])
+        assert all(j is not None for j in first)
+        assert again == [None] * n_jobs
+
+
+def _scanned_rows(plan: dict[str, Any]) -> list[int]:
+    """Actual rows of every scan of the jobs table in an EXPLAIN (ANALYZE, FORMAT JSON) plan."""
+    rows = [plan["Actual Rows"]] if plan.get("Relation Name") == "trio_monitor_jobs" else []
+    for child in plan.get("Plans", []):
+        rows += _scanned_rows(child)
+    return rows
+
+
+@pytest.mark.parametrize("queues", [[], ["default"], ["other", "default"]])
+async def test_a_claim_reads_only_the_head_of_a_long_queue(
+    storage: PostgresStorage, pg_url: str, queues: list[str]
+) -> None:
+    enqueued = [job(i, queue=("default", "other")[i % 2], priority=i % 3) for i in range(3000)]
+    await storage.enqueue_many(enqueued)
+    sql = _pick_sql(bool(queues))
+    with raw(pg_url) as conn:
+        if not queues:
+            # All queues: one ordered scan of the claim index, which the
+            # planner chooses once the table has statistics (autovacuum's
+            # ANALYZE); before that it may read and sort the whole queue.
+            conn.execute("ANALYZE trio_monitor_jobs")
+        for _ in range(7):  # psycopg prepares from the 5th run: the generic plan too
+            ((plan,),) = conn.execute(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", {"queues": queues, "limit": 10}
+            ).fetchall()
+            scanned = _scanned_rows(plan[0]["Plan"])
+            assert scanned
+            assert max(scanned) <= 10, scanned
+    # The rows come in claim order across the queues: priority, then age.
+    got = await storage.claim(queues=queues, worker_ids=["w"] * 5, server_name="s", now=utcnow())
+    wanted = [j for j in enqueued if not queues or j.queue in queues]
+    first = sorted(wanted, key=lambda j: -j.priority)[:5]  # stable: oldest first
+    assert [j.id for j in got] == [j.id for j in first]
 
 
 async def test_claim_skips_rows_locked_elsewhere(storage: PostgresStorage, pg_url: str) -> None:
@@ -325,10 +374,11 @@ async def test_survives_a_postgres_restart(pg_cluster: PgCluster, pg_url: str) -
 
 
 def test_url_options() -> None:
-    url, options = _parse_url(
+    url, options, claim_commit = _parse_url(
         "postgresql://u@h:5/db?pool_max_size=3&pool_min_size=1&sslmode=disable&lock_timeout=0.5"
     )
     assert url == "postgresql://u@h:5/db?sslmode=disable"
+    assert claim_commit is None  # the session's synchronous_commit, unchanged
     assert options == {
         "pool_max_size": 3,
         "pool_min_size": 1,
@@ -342,6 +392,68 @@ def test_url_options() -> None:
         _parse_url("postgresql://h/db?pool_max_size=many")
     with pytest.raises(ValueError, match="pool_min_size"):
         _parse_url("postgresql://h/db?pool_max_size=2&pool_min_size=3")
+    for level in ("off", "local", "remote_write", "on", "remote_apply"):
+        url, _, claim_commit = _parse_url(f"postgresql://h/db?claim_synchronous_commit={level}")
+        assert (url, claim_commit) == ("postgresql://h/db", level)
+    for bad in ("", "OFF", "false", "maybe"):
+        with pytest.raises(ValueError, match="claim_synchronous_commit must be one of"):
+            _parse_url(f"postgresql://h/db?claim_synchronous_commit={bad}")
+
+
+# -- claim_synchronous_commit ---------------------------------------------------
+
+# A deferred trigger runs at commit, after the whole statement: it records the
+# synchronous_commit the claim's transaction commits with.
+_RECORD_COMMIT_LEVEL = """
+CREATE TABLE IF NOT EXISTS commit_levels (level text NOT NULL);
+CREATE OR REPLACE FUNCTION record_commit_level() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO commit_levels VALUES (current_setting('synchronous_commit'));
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER record_commit_level AFTER UPDATE ON trio_monitor_jobs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION record_commit_level();
+"""
+
+
+def commit_levels(url: str) -> list[str]:
+    with raw(url) as conn:
+        levels = [level for (level,) in conn.execute("SELECT level FROM commit_levels")]
+        conn.execute("DELETE FROM commit_levels")
+    return levels
+
+
+@pytest.mark.parametrize("queues", [[], ["default"], ["default", "other"]])
+async def test_claims_commit_at_the_configured_level(pg_url: str, queues: list[str]) -> None:
+    with raw(pg_url) as conn:
+        # The test cluster runs with synchronous_commit off: make "on" the default here.
+        conn.execute(f"ALTER DATABASE {pg_url.rsplit('/', 1)[1]} SET synchronous_commit = on")
+    for option, expected in (("", "on"), ("?claim_synchronous_commit=off", "off")):
+        async with opened(pg_url + option) as storage:
+            with raw(pg_url) as conn:
+                conn.execute("DROP TRIGGER IF EXISTS record_commit_level ON trio_monitor_jobs")
+                conn.execute(_RECORD_COMMIT_LEVEL)
+            await storage.enqueue_many([job(1), job(2)])
+            got = await storage.claim(
+                queues=queues, worker_ids=["w", "w"], server_name="s", now=utcnow()
+            )
+            assert len(got) == 2
+            assert commit_levels(pg_url) == [expected, expected]
+            # Only the claim: the outcome commits at the session's level.
+            await storage.apply([succeed(got[0])])
+            assert commit_levels(pg_url) == ["on"]
+            # A claim decided under flow control (a job with a lock) too.
+            await storage.enqueue(job(3, lock="k"))
+            (third,) = await storage.claim(
+                queues=queues, worker_ids=["w"], server_name="s", now=utcnow()
+            )
+            assert commit_levels(pg_url) == [expected]
+            await storage.apply([succeed(got[1]), succeed(third)])
+            assert commit_levels(pg_url) == ["on", "on"]
+            # The session keeps its own level after a claim.
+            assert await storage._call(
+                lambda conn: conn.execute("SHOW synchronous_commit").fetchone()
+            ) == ("on",)
 
 
 async def test_a_wrong_database_fails_at_open_with_its_reason(pg_url: str) -> None:

@@ -1045,7 +1045,8 @@ async def make_schema_newer(backend: Backend, url: str, version: int) -> None:
     import psycopg
 
     def stamp() -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
+        # Our own URL options (claim_synchronous_commit) are not libpq's.
+        with psycopg.connect(url.partition("?")[0], autocommit=True) as conn:
             conn.execute("INSERT INTO trio_monitor_schema_version (version) VALUES (%s)", [version])
 
     await trio.to_thread.run_sync(stamp)
@@ -1055,7 +1056,7 @@ async def make_schema_newer(backend: Backend, url: str, version: int) -> None:
 
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("enqueue"), st.integers(-2, 2), st.integers(1, 3)),
+        st.tuples(st.just("enqueue"), st.integers(-2, 2), st.integers(1, 3), st.booleans()),
         st.tuples(st.just("claim"), st.integers(1, 4), st.booleans()),
         st.tuples(
             st.just("apply"), st.integers(0, 50), st.sampled_from(["done", "retry", "stale"])
@@ -1074,30 +1075,40 @@ OPS = st.lists(
 def test_random_operations_match_a_model(storage_url: str, ops: list[tuple[Any, ...]]) -> None:
     """No job is claimed while claimed; claims follow the order; versions only grow.
 
-    Each example uses its own queue, so examples can share one store.
+    Each example uses its own two queues, so examples can share one store;
+    a claim names the first queue, or both (the order then runs across them).
     """
-    queue = f"q-{uuid.uuid4()}"
+    queue, other = f"q-{uuid.uuid4()}", f"q-{uuid.uuid4()}"
     seq = itertools.count()
 
     async def main() -> None:
-        # id -> (priority, creation rank, state name, version, attempts)
+        # id -> (priority, creation rank, state name, version, attempts, queue)
         model: dict[str, list[Any]] = {}
         async with open_storage(storage_url) as storage:
             for op in ops:
                 if op[0] == "enqueue":
-                    jobs = [make_job(priority=op[1], queue=queue) for _ in range(op[2])]
+                    into = other if op[3] else queue
+                    jobs = [make_job(priority=op[1], queue=into) for _ in range(op[2])]
                     await storage.enqueue_many(jobs)
                     for job in jobs:
                         stored = await storage.get(job.id)
                         assert stored is not None
-                        model[job.id] = [job.priority, next(seq), "enqueued", stored.version, 0]
+                        model[job.id] = [
+                            job.priority,
+                            next(seq),
+                            "enqueued",
+                            stored.version,
+                            0,
+                            into,
+                        ]
                 elif op[0] == "claim":
+                    queues = [queue] if op[2] else [queue, other]
                     claimable = sorted(
-                        (m for m in model.items() if m[1][2] == "enqueued"),
+                        (m for m in model.items() if m[1][2] == "enqueued" and m[1][5] in queues),
                         key=lambda m: (-m[1][0], m[1][1]),
                     )
                     got = await storage.claim(
-                        queues=[queue] if op[2] else [queue, "elsewhere"],
+                        queues=queues,
                         worker_ids=[f"w{i}" for i in range(op[1])],
                         server_name="srv",
                         now=utcnow(),
@@ -1107,7 +1118,7 @@ def test_random_operations_match_a_model(storage_url: str, ops: list[tuple[Any, 
                         entry = model[job.id]
                         assert job.version > entry[3]
                         assert job.attempts == entry[4] + 1
-                        entry[2:] = ["processing", job.version, job.attempts]
+                        entry[2:5] = ["processing", job.version, job.attempts]
                 else:
                     held = [k for k, m in model.items() if m[2] == "processing"]
                     if not held:

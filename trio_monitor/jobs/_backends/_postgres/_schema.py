@@ -144,6 +144,13 @@ MIGRATIONS: tuple[str, ...] = (
         END
         $$;
     """,
+    # Version 3: a claim from one queue reads its first rows in order (the
+    # claim index orders all queues together, so a claim filtered by queue
+    # read and sorted every enqueued job of the table).
+    f"""
+    CREATE INDEX {JOBS}_claim_queue ON {JOBS} (queue, priority DESC, seq)
+        WHERE state = 'enqueued';
+    """,
 )
 
 #: The schema version this code writes and understands.

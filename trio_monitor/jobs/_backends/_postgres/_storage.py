@@ -60,6 +60,10 @@ URL query parameters (removed before the URL is given to libpq):
   :class:`psycopg_pool.PoolTimeout` (an :class:`psycopg.OperationalError`).
 * ``lock_timeout`` (default 5.0) and ``statement_timeout`` (default 60.0):
   seconds one statement may wait for a lock, or run; 0 means no limit.
+* ``claim_synchronous_commit`` (default: not set): PostgreSQL's
+  ``synchronous_commit`` for claims only, set inside the claim's statement.
+  ``off`` trades a lost claim after a PostgreSQL crash (its jobs run again)
+  for not waiting on the claim's WAL flush.
 """
 
 from __future__ import annotations
@@ -220,10 +224,17 @@ _DEFAULTS: Final[dict[str, float]] = {
     "lock_timeout": 5.0,
     "statement_timeout": 60.0,
 }
+#: The URL option naming the claims' ``synchronous_commit``, and its values (PostgreSQL's).
+_CLAIM_COMMIT: Final = "claim_synchronous_commit"
+_COMMIT_LEVELS: Final = ("off", "local", "remote_write", "on", "remote_apply")
 
 
-def _parse_url(url: str) -> tuple[str, dict[str, float]]:
-    """Split our options off the URL; return (libpq URL, options). ValueError naming a problem."""
+def _parse_url(url: str) -> tuple[str, dict[str, float], str | None]:
+    """Split our options off the URL; ValueError naming a problem.
+
+    Returns the libpq URL, the numeric options, and the claims'
+    ``synchronous_commit`` (None: the session's, unchanged).
+    """
     try:
         parts = urlsplit(url)
         port = parts.port  # raises for a port that is not a number
@@ -239,7 +250,15 @@ def _parse_url(url: str) -> tuple[str, dict[str, float]]:
         query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise ValueError(f"malformed PostgreSQL URL options {parts.query!r}") from None
+    claim_commit: str | None = None
     for key, value in query:
+        if key == _CLAIM_COMMIT:
+            if value not in _COMMIT_LEVELS:
+                raise ValueError(
+                    f"{_CLAIM_COMMIT} must be one of {', '.join(_COMMIT_LEVELS)}, got {value!r}"
+                )
+            claim_commit = value
+            continue
         if key not in options:
             kept.append((key, value))
             continue
@@ -267,7 +286,7 @@ def _parse_url(url: str) -> tuple[str, dict[str, float]]:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
         raise ValueError(f"malformed PostgreSQL URL {url!r}: {exc}") from None
-    return conninfo, options
+    return conninfo, options, claim_commit
 
 
 def _where(conninfo: str) -> str:
@@ -307,7 +326,7 @@ async def open(url: str) -> PostgresStorage:
 
 async def schema_status(url: str) -> SchemaStatus:
     """The schema version of the database ``url`` names, read only."""
-    conninfo, options = _parse_url(url)
+    conninfo, options, _ = _parse_url(url)
     with io_in_flight():
         return await trio.to_thread.run_sync(_read_status, conninfo, options["pool_timeout"])
 
@@ -327,8 +346,10 @@ class PostgresStorage:
         *,
         max_size: int,
         timeout: float,
+        claim_commit: str | None = None,
     ) -> None:
         self._conninfo = conninfo
+        self._claim_commit = claim_commit
         self._pool = pool
         self._timeout = timeout
         self._calls = CallRunner(pool, max_size=max_size, timeout=timeout)
@@ -353,7 +374,7 @@ class PostgresStorage:
             reached (its own message says why: a wrong host, database, role).
           SchemaVersionError: The database was written by a newer trio_monitor.
         """
-        conninfo, options = _parse_url(url)
+        conninfo, options, claim_commit = _parse_url(url)
         timeout = options["pool_timeout"]
         with io_in_flight():
             await trio.to_thread.run_sync(_open_and_migrate, conninfo, timeout)
@@ -371,7 +392,13 @@ class PostgresStorage:
             open=False,
             name="trio_monitor",
         )
-        self = cls(conninfo, pool, max_size=int(options["pool_max_size"]), timeout=timeout)
+        self = cls(
+            conninfo,
+            pool,
+            max_size=int(options["pool_max_size"]),
+            timeout=timeout,
+            claim_commit=claim_commit,
+        )
         try:
             with io_in_flight():
                 await trio.to_thread.run_sync(partial(pool.open, wait=True, timeout=timeout))
@@ -558,19 +585,22 @@ class PostgresStorage:
         changes = [state_update(Processing(now, w, server_name), identity) for w in worker_ids]
         columns = list(changes[0][0])
         states = [state for _, state in changes]
-        queue_filter = "AND queue = ANY(%(queues)s)" if queues else ""
+        queues = list(dict.fromkeys(queues))  # a queue named twice is looked at once
         name_filter = "AND name = ANY(%(queues)s)" if queues else ""
         # The common case, one statement: no queue concerned has settings and
         # no candidate has a lock. Otherwise ``gate`` is false, nothing is
         # claimed, and the claim is decided under advisory locks (_admit).
+        # With claim_synchronous_commit, ``commit_level`` sets it for this
+        # statement's own transaction (no extra round trip); a VOLATILE CTE is
+        # always evaluated.
+        commit = self._claim_commit
+        commit_level = (
+            "commit_level AS (SELECT set_config('synchronous_commit', %(commit)s, true)),"
+            if commit
+            else ""
+        )
         sql = _q(f"""
-            WITH picked AS (
-                SELECT id, priority, seq, lock_key FROM {JOBS}
-                WHERE state = 'enqueued' {queue_filter}
-                ORDER BY priority DESC, seq
-                LIMIT %(limit)s
-                FOR UPDATE SKIP LOCKED
-            ), gate AS (
+            WITH {commit_level} picked AS ({_pick_sql(bool(queues))}), gate AS (
                 SELECT NOT EXISTS (
                     SELECT 1 FROM {QUEUES}
                     WHERE (paused OR max_running IS NOT NULL OR rate_count IS NOT NULL)
@@ -589,19 +619,23 @@ class PostgresStorage:
                 WHERE j.id = numbered.id
                 RETURNING numbered.n, {_J_JOB_COLUMNS}
             )
-            SELECT gate.open, upd.* FROM gate LEFT JOIN upd ON true
+            SELECT gate.open, upd.* FROM gate {"CROSS JOIN commit_level" if commit else ""}
+                LEFT JOIN upd ON true
         """)
         params = {
             **_arrays([c for c, _ in changes], columns),
-            "queues": list(queues),
+            "queues": queues,
             "limit": len(worker_ids),
+            "commit": commit,
         }
 
         def run(conn: Conn) -> list[Job]:
             found = conn.execute(sql, params).fetchall()
             if found and not found[0][0]:
                 with conn.transaction():
-                    found = _admit(conn, list(queues), [c for c, _ in changes], now)
+                    if commit:
+                        conn.execute(_SET_COMMIT_LEVEL, [commit])
+                    found = _admit(conn, queues, [c for c, _ in changes], now)
                 return [_job(row, 1, states[int(row[0]) - 1]) for row in found]
             rows = sorted((row[1:] for row in found if row[1] is not None), key=lambda r: r[0])
             return [_job(row, 1, states[int(row[0]) - 1]) for row in rows]
@@ -1077,6 +1111,42 @@ class PostgresStorage:
             await trio.to_thread.run_sync(partial(self._pool.close, timeout=5.0))
 
 
+def _pick_sql(by_queue: bool) -> str:
+    """Lock up to ``%(limit)s`` claimable jobs, first in claim order.
+
+    Columns: id, priority, seq, lock_key.
+
+    Named queues: each queue's first ``limit`` unlocked rows from the
+    per-queue claim index (an ordered index scan whatever the table's
+    statistics), then the first ``limit`` of those together; ``queue =
+    ANY(...)`` in one scan would read and sort every enqueued job of those
+    queues. The rows locked but not taken are released when the statement's
+    transaction ends. All queues: the claim index in order, which the planner
+    chooses once the table has statistics.
+    """
+    if not by_queue:
+        return f"""
+            SELECT id, priority, seq, lock_key FROM {JOBS}
+            WHERE state = 'enqueued'
+            ORDER BY priority DESC, seq
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        """
+    return f"""
+        SELECT c.id, c.priority, c.seq, c.lock_key
+        FROM unnest(%(queues)s::text[]) AS q(name)
+        CROSS JOIN LATERAL (
+            SELECT id, priority, seq, lock_key FROM {JOBS}
+            WHERE state = 'enqueued' AND queue = q.name
+            ORDER BY priority DESC, seq
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        ORDER BY c.priority DESC, c.seq
+        LIMIT %(limit)s
+    """
+
+
 def _configure(conn: Conn, *, settings: dict[str, str]) -> None:
     """Every pooled connection: UTC timestamps, bounded lock waits and statements."""
     conn.execute("SET TIME ZONE 'UTC'")
@@ -1085,6 +1155,8 @@ def _configure(conn: Conn, *, settings: dict[str, str]) -> None:
 
 
 # -- claims under flow control ---------------------------------------------
+
+_SET_COMMIT_LEVEL: Final = b"SELECT set_config('synchronous_commit', %s, true)"
 
 # Advisory lock keys: claimers of one limited queue, or of one lock, queue up.
 _QUEUE_LOCK: Final = "trio_monitor_queue:"
