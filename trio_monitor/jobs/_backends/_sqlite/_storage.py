@@ -76,6 +76,7 @@ from .._rows import (
     job_from_row,
     next_occurrence,
     occurrence,
+    processing_updates,
     progress_json,
     queue_infos,
     rate_prune_before,
@@ -364,9 +365,7 @@ class SQLiteStorage(InProcessPush):
             return []
         limit = len(worker_ids)
         now = utc(now)
-        changes = [
-            state_update(Processing(now, worker_id, server_name), to_us) for worker_id in worker_ids
-        ]
+        changes = processing_updates(now, worker_ids, server_name, to_us)
 
         # The Processing columns all claimed rows share; only state_data
         # (it names the worker) differs from row to row.
