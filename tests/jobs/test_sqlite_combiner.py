@@ -109,6 +109,57 @@ async def test_writes_queued_together_share_a_transaction_and_fail_alone(
     assert await thread.read(keys) == {"taken", "a", "b"}
 
 
+@pytest.mark.parametrize("failing", [0, 1, 2])
+async def test_a_failed_write_is_undone_alone_wherever_it_is_in_its_batch(
+    traced: tuple[ConnectionThread, Traced], failing: int
+) -> None:
+    """The first write of a transaction runs without a savepoint; undoing it must
+    still leave the writes after it (and a later failure) as they would be alone."""
+    thread, trace = traced
+    running, release, slow_read = gate()
+    await thread.write(insert("taken"))
+
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t VALUES ('half')")
+        conn.execute("INSERT INTO t VALUES ('taken')")  # IntegrityError
+
+    fns: list[Callable[[sqlite3.Connection], object]] = [insert(k) for k in ("a", "b", "c")]
+    fns[failing] = half_then_fail
+    results: list[object] = [None] * 3
+
+    async def write(i: int) -> None:
+        try:
+            results[i] = await thread.write(fns[i])
+        except sqlite3.IntegrityError as exc:
+            results[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(thread.read, slow_read)
+        await until(running)
+        for i in range(3):
+            nursery.start_soon(write, i)
+            await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert isinstance(results[failing], sqlite3.IntegrityError)
+    written = {k for i, k in enumerate("abc") if i != failing}
+    assert [r for r in results if not isinstance(r, Exception)] == sorted(written)
+    assert await thread.read(keys) == {"taken", *written}  # no 'half'
+    # The first write failing costs a second transaction; otherwise one.
+    assert trace.transactions == (3 if failing == 0 else 2)
+    assert "SAVEPOINT write" in trace.statements
+
+
+async def test_a_lone_write_runs_without_a_savepoint(
+    traced: tuple[ConnectionThread, Traced],
+) -> None:
+    thread, trace = traced
+    assert await thread.write(insert("a")) == "a"
+    with pytest.raises(sqlite3.IntegrityError):
+        await thread.write(insert("a"))
+    assert await thread.read(keys) == {"a"}
+    assert not any("SAVEPOINT" in s for s in trace.statements)
+
+
 async def test_a_queued_call_cancelled_never_happens(
     traced: tuple[ConnectionThread, Traced],
 ) -> None:
