@@ -70,7 +70,7 @@ async def storage_round(path: Path, n: int, batch: int, combined: bool = False) 
         workers = [f"w{i}" for i in range(batch)]
         done = 0
         STORAGE_THREAD.start()
-        start = time.perf_counter()
+        start, trio_cpu = time.perf_counter(), time.thread_time()
 
         async def claim() -> list[Job]:
             return await storage.claim(
@@ -101,7 +101,7 @@ async def storage_round(path: Path, n: int, batch: int, combined: bool = False) 
                 break
         await apply(pending)
         elapsed = time.perf_counter() - start
-        STORAGE_THREAD.stop()
+        STORAGE_THREAD.stop(time.thread_time() - trio_cpu)
     finally:
         await storage.aclose()
     assert done == n
@@ -128,11 +128,13 @@ class StorageThread:
     def start(self) -> None:
         self.batches = 0
         self.cpu = 0.0
+        self.trio_cpu = 0.0  # the Trio thread's, set by stop()
         self.statements: collections.Counter[str] = collections.Counter()
         self.on = True
 
-    def stop(self) -> None:
+    def stop(self, trio_cpu: float) -> None:
         self.on = False
+        self.trio_cpu = trio_cpu
 
     def install(self) -> None:
         run = ConnectionThread._run
@@ -174,12 +176,13 @@ def profile(tmp: Path, n: int, rounds: int, top: int) -> None:
         "batch 10, claim then apply": (10, False),
     }
     for label, (batch, combined) in cases.items():
-        cpus, rates = [], []
+        cpus, trio_cpus, rates = [], [], []
         for _ in range(rounds + 1):  # the first is a warm-up
             rate = trio.run(storage_round, tmp / f"{next(files)}.db", n, batch, combined)
             cpus.append(STORAGE_THREAD.cpu / n * 1e6)
+            trio_cpus.append(STORAGE_THREAD.trio_cpu / n * 1e6)
             rates.append(rate)
-        cpus, rates = cpus[1:], rates[1:]
+        cpus, trio_cpus, rates = cpus[1:], trio_cpus[1:], rates[1:]
         STORAGE_THREAD.trace = True
         trio.run(storage_round, tmp / f"{next(files)}.db", n, batch, combined)
         STORAGE_THREAD.trace = False
@@ -192,6 +195,11 @@ def profile(tmp: Path, n: int, rounds: int, top: int) -> None:
         print(
             f"  storage thread CPU in its batches: {statistics.median(cpus):.1f} us/job"
             f" ({min(cpus):.1f}-{max(cpus):.1f}); {batches / n:.3f} batches/job"
+        )
+        low, high = min(trio_cpus), max(trio_cpus)
+        print(
+            f"  Trio thread CPU (the calls, and building the transitions):"
+            f" {statistics.median(trio_cpus):.1f} us/job ({low:.1f}-{high:.1f})"
         )
         print(f"  SQL statements: {sum(statements.values()) / n:.2f} per job")
         for kind, count in sorted(statements.items(), key=lambda kv: -kv[1]):

@@ -182,13 +182,14 @@ def test_one_statement_claims_and_outcomes_use_their_indexes() -> None:
         (1, "jobs_claim_queue"),
         (3, "jobs_claim_queue"),
     ):
-        sql = SQLiteStorage._claim_update_sql(queue_count, 5)
         queues = [f"q{i}" for i in range(queue_count)]
-        params = [*SQLiteStorage._candidate_params(queues, 5), *["{}"] * 5, 0, "srv"]
-        plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
-        assert index in plan
-        assert "SEARCH jobs USING INTEGER PRIMARY KEY" in plan
-        assert "SCAN jobs " not in plan.replace(f"SCAN jobs USING INDEX {index}", "")
+        for limit in (1, 5):  # the parameters' order does not matter to the plan
+            sql = SQLiteStorage._claim_update_sql(queue_count, limit)
+            params = [*["{}"] * limit, *SQLiteStorage._candidate_params(queues, limit), 0, "srv"]
+            plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert index in plan
+            assert "SEARCH jobs USING INTEGER PRIMARY KEY" in plan
+            assert "SCAN jobs " not in plan.replace(f"SCAN jobs USING INDEX {index}", "")
     sql = _apply_sql(3)
     plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", [None] * 30))
     assert "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)" in plan

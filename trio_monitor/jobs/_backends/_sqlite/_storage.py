@@ -397,8 +397,13 @@ class SQLiteStorage(InProcessPush):
         decides, as it does when nothing is claimable.
         """
         sql = self._claim_update_sql(len(queues), len(data))
-        params = [*self._candidate_params(queues, len(data)), *data]
-        params += (shared["started_at"], shared["server_name"])
+        shared_params = [shared["started_at"], shared["server_name"]]
+        candidates = self._candidate_params(queues, len(data))
+        # In the order they appear in the statement (see _claim_update_sql).
+        if len(data) == 1:
+            params = [*data, *shared_params, *candidates]
+        else:
+            params = [*data, *candidates, *shared_params]
         return conn.execute(sql, params).fetchall()
 
     def _claim_admitted(
@@ -555,26 +560,40 @@ class SQLiteStorage(InProcessPush):
 
         The candidates are :meth:`_claim_sql`'s (same indexes), ranked in
         claim order; candidate ``i`` gets the ``i``-th worker's state_data.
-        Its parameters: the candidates', one state_data per rank, then the
-        shared started_at and server_name.
+        Its parameters: one state_data per worker, then the candidates' and
+        the shared started_at and server_name, in that order for several
+        workers, after the state_data for one.
         """
         key = (queue_count, limit)
         sql = cls._claim_update_cache.get(key)
         if sql is not None:
             return sql
-        ranks = ", ".join(f"({rank}, ?)" for rank in range(1, limit + 1))
+        candidates = cls._claim_sql(queue_count)
+        if limit == 1:
+            # One job: no ranking, no join (half the work of the general form).
+            given, source = "", ""
+            data = "?"
+            where = f"seq = (SELECT seq FROM ({candidates}) WHERE lock_key IS NULL)"
+        else:
+            ranks = ", ".join(f"({rank}, ?)" for rank in range(1, limit + 1))
+            given = (
+                f"WITH given (rank, data) AS (VALUES {ranks}),"
+                " picked AS (SELECT seq, lock_key,"
+                " row_number() OVER (ORDER BY priority DESC, seq) AS rank"
+                f" FROM ({candidates}))"
+            )
+            source = " FROM picked JOIN given USING (rank)"
+            data = "given.data"
+            where = (
+                "jobs.seq = picked.seq"
+                " AND NOT EXISTS (SELECT 1 FROM picked WHERE lock_key IS NOT NULL)"
+            )
         sql = (
-            "WITH picked AS (SELECT seq, lock_key,"
-            " row_number() OVER (ORDER BY priority DESC, seq) AS rank"
-            f" FROM ({cls._claim_sql(queue_count)})),"
-            f" given (rank, data) AS (VALUES {ranks})"
-            " UPDATE jobs SET state = 'processing', state_data = given.data, due_at = NULL,"
+            f"{given} UPDATE jobs SET state = 'processing', state_data = {data}, due_at = NULL,"
             " started_at = ?, server_name = ?, abort_reason = NULL,"
             " attempts = attempts + 1, version = version + 1"
-            " FROM picked JOIN given USING (rank)"
-            " WHERE jobs.seq = picked.seq"
+            f"{source} WHERE {where}"
             # Flow control decides in Python (_claim_admitted): claim nothing here.
-            " AND NOT EXISTS (SELECT 1 FROM picked WHERE lock_key IS NOT NULL)"
             " AND NOT EXISTS (SELECT 1 FROM queues"
             " WHERE paused OR max_running IS NOT NULL OR rate_count IS NOT NULL)"
             f" RETURNING seq, {JOB_COLUMNS}"
