@@ -226,24 +226,43 @@ def job_from_row(
 
     The only place a stored job becomes a :class:`Job`.
     """
-    r = row if isinstance(row, JobRow) else JobRow(*row)
+    # Unpacked, not made a JobRow first: this runs for every job claimed and finished.
+    (
+        job_id,
+        method,
+        payload,
+        queue,
+        priority,
+        attempts,
+        created_at,
+        state_name,
+        state_data,
+        expires_at,
+        version,
+        headers,
+        timeout,
+        unique_key,
+        lock_key,
+        progress,
+        _,  # abort_reason: not part of a Job
+    ) = row
     return Job(
-        id=r.id,
-        method=r.method,
-        payload=json.loads(r.payload),
-        queue=r.queue,
-        priority=r.priority,
-        attempts=r.attempts,
-        created_at=when(r.created_at),
-        state=decode_state(r.state, r.state_data) if state is None else state,
-        expires_at=None if r.expires_at is None else when(r.expires_at),
-        version=r.version,
+        id=job_id,
+        method=method,
+        payload=json.loads(payload),
+        queue=queue,
+        priority=priority,
+        attempts=attempts,
+        created_at=when(created_at),
+        state=decode_state(state_name, state_data) if state is None else state,
+        expires_at=None if expires_at is None else when(expires_at),
+        version=version,
         # Most jobs have no headers: no decoding for those.
-        headers=json.loads(r.headers) if r.headers and r.headers != "{}" else {},
-        timeout=r.timeout,
-        unique_key=r.unique_key,
-        lock=r.lock_key,
-        progress=None if r.progress is None else progress_from_json(r.progress),
+        headers=json.loads(headers) if headers and headers != "{}" else {},
+        timeout=timeout,
+        unique_key=unique_key,
+        lock=lock_key,
+        progress=None if progress is None else progress_from_json(progress),
     )
 
 
