@@ -218,8 +218,13 @@ class ConnectionThread:
         try:
             transaction(self._conn, run_each)
         except BaseException as exc:  # nothing of this transaction was written
-            for call in writes:
-                call.result = outcome.Error(self._own_copy(exc))
+            for index, call in enumerate(writes):
+                failed = results[index] if index < len(results) else None
+                # A write that had failed on its own keeps its own error.
+                if isinstance(failed, outcome.Error):
+                    call.result = failed
+                else:
+                    call.result = outcome.Error(self._own_copy(exc))
             return
         for call, result in zip(writes, results, strict=True):
             call.result = result
