@@ -138,17 +138,14 @@ class StorageThread:
 
     def install(self) -> None:
         run = ConnectionThread._run
-        traced: set[int] = set()
+
+        def count(sql: str) -> None:
+            self.statements.update((" ".join(sql.split()[:2]),))
 
         def measured(thread: ConnectionThread, batch: list[Any]) -> None:
             if not self.on:
                 return run(thread, batch)
-            conn = thread._conn
-            if self.trace and id(conn) not in traced:
-                traced.add(id(conn))
-                conn.set_trace_callback(
-                    lambda sql: self.statements.update((" ".join(sql.split()[:2]),))
-                )
+            thread._conn.set_trace_callback(count if self.trace else None)
             profiler = self.profiler
             cpu = time.thread_time()
             if profiler is not None:

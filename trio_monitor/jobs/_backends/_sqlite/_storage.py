@@ -30,6 +30,7 @@ Design, in short:
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -1031,6 +1032,7 @@ _APPLY_COLUMNS: Final = list(
 _MAX_APPLY_ROWS: Final = 256
 
 
+@functools.lru_cache(maxsize=64)
 def _apply_sql(count: int) -> str:
     """The compare-and-swap of ``count`` transitions of distinct jobs, as one statement.
 
