@@ -182,3 +182,52 @@ def test_processing_columns_with_the_mark_in_the_server_name() -> None:
     workers = ["w0", "\x00trio_monitor worker\x00"]
     one_by_one = [state_update(Processing(now, w, server), lambda d: d) for w in workers]
     assert processing_updates(now, workers, server, lambda d: d) == one_by_one
+
+
+async def race(path: str, jobs: int, claims: list[tuple[int, int]]) -> None:
+    storages = [await SQLiteStorage.open(path) for _ in range(2)]
+    try:
+        await storages[0].enqueue_many([Job.new("m", i) for i in range(jobs)])
+        taken: list[str] = []
+
+        async def claim(which: int, count: int) -> None:
+            got = await storages[which].claim(
+                queues=[],
+                worker_ids=[f"w{i}" for i in range(count)],
+                server_name=f"s{which}",
+                now=utcnow(),
+            )
+            taken.extend(job.id for job in got)
+            # Finish half of them at once, so later claims race with outcomes too.
+            await storages[which].apply(
+                [Transition(j.id, j.version, Succeeded(None, 0.0)) for j in got[::2]]
+            )
+
+        async with trio.open_nursery() as nursery:
+            for which, count in claims:
+                nursery.start_soon(claim, which, count)
+        assert len(taken) == len(set(taken))  # no job handed out twice
+        assert len(taken) == min(jobs, sum(count for _, count in claims))
+    finally:
+        for storage in storages:
+            await storage.aclose()
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["returning", "select-update"])
+@settings(max_examples=25, deadline=None)
+@given(
+    jobs=st.integers(0, 60),
+    claims=st.lists(st.tuples(st.integers(0, 1), st.integers(1, 6)), min_size=1, max_size=16),
+)
+def test_concurrent_claims_through_two_connections_are_disjoint(
+    tmp_path_factory: pytest.TempPathFactory,
+    one_statement: bool,
+    jobs: int,
+    claims: list[tuple[int, int]],
+) -> None:
+    """Two storages on one file (two connections, two threads) claiming and finishing
+    at once, on both claim paths: no job is handed out twice, none is lost. (Two
+    processes racing for the write lock: ``test_two_processes_claim_disjoint_jobs``.)"""
+    path = tmp_path_factory.mktemp("race") / "jobs.db"
+    with mock.patch.object(sqlite_storage, "_RETURNING", one_statement):
+        trio.run(race, str(path), jobs, claims)
