@@ -231,3 +231,22 @@ def test_concurrent_claims_through_two_connections_are_disjoint(
     path = tmp_path_factory.mktemp("race") / "jobs.db"
     with mock.patch.object(sqlite_storage, "_RETURNING", one_statement):
         trio.run(race, str(path), jobs, claims)
+
+
+async def test_a_claim_bigger_than_one_statement_takes_the_other_path() -> None:
+    storage = await SQLiteStorage.open(":memory:")
+    try:
+        count = sqlite_storage._MAX_ONE_STATEMENT_CLAIM + 10
+        enqueued = [Job.new("m", i, priority=i % 3) for i in range(count + 5)]
+        await storage.enqueue_many(enqueued)
+        got = await storage.claim(
+            queues=["default"],
+            worker_ids=[f"w{i}" for i in range(count)],
+            server_name="srv",
+            now=utcnow(),
+        )
+        order = sorted(enqueued, key=lambda j: -j.priority)  # stable: age within a priority
+        assert [j.id for j in got] == [j.id for j in order[:count]]
+        assert [j.state.worker_id for j in got] == [f"w{i}" for i in range(count)]  # type: ignore[union-attr]
+    finally:
+        await storage.aclose()

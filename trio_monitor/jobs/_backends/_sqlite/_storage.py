@@ -145,8 +145,9 @@ _MAX_UNION_QUEUES: Final = 32
 # UPDATE ... FROM and RETURNING (SQLite 3.35): claims and outcomes in one
 # statement each; older libraries take the SELECT-then-UPDATE paths.
 _RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
-# One-statement claims are cached per (queue count, batch size) up to this size.
-_MAX_CACHED_LIMIT: Final = 256
+# Claims of up to this many jobs are one statement (its text cached per
+# queue count and size); bigger ones read, then write.
+_MAX_ONE_STATEMENT_CLAIM: Final = 256
 # A claim under flow control looks at most this many claimable jobs (the
 # refused ones keep their places; the next claim looks again).
 _MAX_ADMISSION_SCAN: Final = 4096
@@ -375,7 +376,8 @@ class SQLiteStorage(InProcessPush):
         data = [columns["state_data"] for columns, _ in changes]
 
         def claim(conn: sqlite3.Connection) -> list[Job]:
-            rows = self._claim_at_once(conn, queue_list, data, shared) if _RETURNING else []
+            one_statement = _RETURNING and limit <= _MAX_ONE_STATEMENT_CLAIM
+            rows = self._claim_at_once(conn, queue_list, data, shared) if one_statement else []
             if rows:
                 # RETURNING gives rows in no set order: claim order is priority, then age.
                 rows.sort(key=_claim_order)
@@ -599,7 +601,7 @@ class SQLiteStorage(InProcessPush):
             " WHERE paused OR max_running IS NOT NULL OR rate_count IS NOT NULL)"
             f" RETURNING seq, {JOB_COLUMNS}"
         )
-        if queue_count <= _MAX_UNION_QUEUES and limit <= _MAX_CACHED_LIMIT:
+        if queue_count <= _MAX_UNION_QUEUES:
             cls._claim_update_cache[key] = sql
         return sql
 
