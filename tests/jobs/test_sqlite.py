@@ -32,7 +32,7 @@ from trio_monitor.jobs import (
 )
 from trio_monitor.jobs._backends._sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStorage
 from trio_monitor.jobs._backends._sqlite._schema import connect
-from trio_monitor.jobs._backends._sqlite._storage import _list_sql
+from trio_monitor.jobs._backends._sqlite._storage import _apply_sql, _list_sql
 from trio_monitor.jobs._model import decode_state, encode_state, utcnow
 
 
@@ -168,6 +168,31 @@ def test_claim_queries_use_their_indexes() -> None:
         assert index in plan
         # A sort is only allowed over the per-queue heads of a multi-queue claim.
         assert ("TEMP B-TREE" in plan) == (1 < queue_count <= 100)
+
+
+def test_one_statement_claims_and_outcomes_use_their_indexes() -> None:
+    """The claim's UPDATE ... RETURNING walks the claim indexes as the plain SELECT does and
+    writes rows by rowid; the outcomes' UPDATE ... FROM finds each job by its id."""
+    conn = sqlite3.connect(":memory:")
+    for step in MIGRATIONS:
+        for statement in step:
+            conn.execute(statement)
+    for queue_count, index in (
+        (0, "jobs_claim_any"),
+        (1, "jobs_claim_queue"),
+        (3, "jobs_claim_queue"),
+    ):
+        queues = [f"q{i}" for i in range(queue_count)]
+        for limit in (1, 5):  # the parameters' order does not matter to the plan
+            sql = SQLiteStorage._claim_update_sql(queue_count, limit)
+            params = [*["{}"] * limit, *SQLiteStorage._candidate_params(queues, limit), 0, "srv"]
+            plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert index in plan
+            assert "SEARCH jobs USING INTEGER PRIMARY KEY" in plan
+            assert "SCAN jobs " not in plan.replace(f"SCAN jobs USING INDEX {index}", "")
+    sql = _apply_sql(3)
+    plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", [None] * 30))
+    assert "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)" in plan
 
 
 # -- URLs ------------------------------------------------------------------

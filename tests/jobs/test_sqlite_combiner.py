@@ -98,15 +98,120 @@ async def test_writes_queued_together_share_a_transaction_and_fail_alone(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(thread.read, slow_read)
         await until(running)
-        for key in ("a", "taken", "b"):
+        for key in ("a", "taken", "b"):  # queued in this order
             nursery.start_soon(write, key)
-        await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()
         release.set()
     assert trace.transactions == 2  # a, taken (fails) and b: one transaction
     assert results["a"] == "a"
     assert results["b"] == "b"
     assert isinstance(results["taken"], sqlite3.IntegrityError)
     assert await thread.read(keys) == {"taken", "a", "b"}
+
+
+@pytest.mark.parametrize("failing", [0, 1, 2])
+async def test_a_failed_write_is_undone_alone_wherever_it_is_in_its_batch(
+    traced: tuple[ConnectionThread, Traced], failing: int
+) -> None:
+    """The first write of a transaction runs without a savepoint; undoing it must
+    still leave the writes after it (and a later failure) as they would be alone."""
+    thread, trace = traced
+    running, release, slow_read = gate()
+    await thread.write(insert("taken"))
+
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t VALUES ('half')")
+        conn.execute("INSERT INTO t VALUES ('taken')")  # IntegrityError
+
+    fns: list[Callable[[sqlite3.Connection], object]] = [insert(k) for k in ("a", "b", "c")]
+    fns[failing] = half_then_fail
+    results: list[object] = [None] * 3
+
+    async def write(i: int) -> None:
+        try:
+            results[i] = await thread.write(fns[i])
+        except sqlite3.IntegrityError as exc:
+            results[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(thread.read, slow_read)
+        await until(running)
+        for i in range(3):
+            nursery.start_soon(write, i)
+            await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert isinstance(results[failing], sqlite3.IntegrityError)
+    written = {k for i, k in enumerate("abc") if i != failing}
+    assert [r for r in results if not isinstance(r, Exception)] == sorted(written)
+    assert await thread.read(keys) == {"taken", *written}  # no 'half'
+    # The first write failing costs a second transaction; otherwise one.
+    assert trace.transactions == (3 if failing == 0 else 2)
+    assert "SAVEPOINT write" in trace.statements
+
+
+class LockedOnSecondBegin:
+    """A connection whose second ``BEGIN IMMEDIATE`` finds the database locked."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.begins = 0
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "BEGIN IMMEDIATE":
+            self.begins += 1
+            if self.begins == 2:
+                raise sqlite3.OperationalError("database is locked")
+        return self._conn.execute(sql, *args)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+async def test_a_first_write_failing_then_a_locked_begin() -> None:
+    """The first write fails, and beginning again for the others finds the lock
+    taken: the first keeps its own error, the others get the lock error, nothing
+    is written."""
+    conn = new_connection()
+    conn.execute("INSERT INTO t VALUES ('taken')")
+    thread = ConnectionThread(LockedOnSecondBegin(conn), locked_hint="raise busy_timeout")  # type: ignore[arg-type]
+    running, release, slow_read = gate()
+    results: dict[str, object] = {}
+
+    async def write(key: str) -> None:
+        try:
+            results[key] = await thread.write(insert(key))
+        except sqlite3.Error as exc:
+            results[key] = exc
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(thread.read, slow_read)
+            await until(running)
+            for key in ("taken", "a"):
+                nursery.start_soon(write, key)
+                await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert isinstance(results["taken"], sqlite3.IntegrityError)
+        assert isinstance(results["a"], sqlite3.OperationalError)
+        assert "raise busy_timeout" in str(results["a"])
+        assert await thread.read(keys) == {"taken"}
+    finally:
+        await thread.aclose()
+
+
+async def test_a_lone_write_runs_without_a_savepoint(
+    traced: tuple[ConnectionThread, Traced],
+) -> None:
+    thread, trace = traced
+    assert await thread.write(insert("a")) == "a"
+    with pytest.raises(sqlite3.IntegrityError):
+        await thread.write(insert("a"))
+    assert await thread.read(keys) == {"a"}
+    assert not any("SAVEPOINT" in s for s in trace.statements)
 
 
 async def test_a_queued_call_cancelled_never_happens(

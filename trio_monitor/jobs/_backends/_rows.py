@@ -91,6 +91,7 @@ __all__ = [
     "state_columns",
     "transition_columns",
     "updated",
+    "processing_updates",
     "state_update",
     "utc",
 ]
@@ -225,23 +226,43 @@ def job_from_row(
 
     The only place a stored job becomes a :class:`Job`.
     """
-    r = row if isinstance(row, JobRow) else JobRow(*row)
+    # Unpacked, not made a JobRow first: this runs for every job claimed and finished.
+    (
+        job_id,
+        method,
+        payload,
+        queue,
+        priority,
+        attempts,
+        created_at,
+        state_name,
+        state_data,
+        expires_at,
+        version,
+        headers,
+        timeout,
+        unique_key,
+        lock_key,
+        progress,
+        _,  # abort_reason: not part of a Job
+    ) = row
     return Job(
-        id=r.id,
-        method=r.method,
-        payload=json.loads(r.payload),
-        queue=r.queue,
-        priority=r.priority,
-        attempts=r.attempts,
-        created_at=when(r.created_at),
-        state=decode_state(r.state, r.state_data) if state is None else state,
-        expires_at=None if r.expires_at is None else when(r.expires_at),
-        version=r.version,
-        headers=json.loads(r.headers) if r.headers else {},
-        timeout=r.timeout,
-        unique_key=r.unique_key,
-        lock=r.lock_key,
-        progress=None if r.progress is None else progress_from_json(r.progress),
+        id=job_id,
+        method=method,
+        payload=json.loads(payload),
+        queue=queue,
+        priority=priority,
+        attempts=attempts,
+        created_at=when(created_at),
+        state=decode_state(state_name, state_data) if state is None else state,
+        expires_at=None if expires_at is None else when(expires_at),
+        version=version,
+        # Most jobs have no headers: no decoding for those.
+        headers=json.loads(headers) if headers and headers != "{}" else {},
+        timeout=timeout,
+        unique_key=unique_key,
+        lock=lock_key,
+        progress=None if progress is None else progress_from_json(progress),
     )
 
 
@@ -342,18 +363,57 @@ def insert_row(job: Job, stamp: Callable[[datetime], Any]) -> InsertRow:
 def state_update(
     state: JobState, stamp: Callable[[datetime], Any]
 ) -> tuple[dict[str, Any], JobState]:
-    """The state columns a change to ``state`` writes, and the state as it reads back."""
-    columns, stored = state_columns(state)
+    """The state columns a change to ``state`` writes, and the state as it reads back.
+
+    The same columns as :func:`state_columns`, built without the record in
+    between: this runs for every claim and every outcome.
+    """
+    name, data, stored = stored_state(state)
+    due_at = started_at = server_name = None
+    kind = type(stored)  # stored_state accepts the state classes themselves only
+    if kind is Processing:
+        started_at = stamp(stored.started_at)  # type: ignore[union-attr]
+        server_name = stored.server_name  # type: ignore[union-attr]
+    elif kind is Scheduled:
+        due_at = stamp(stored.enqueue_at)  # type: ignore[union-attr]
+    elif kind is AwaitingRetry:
+        due_at = stamp(stored.retry_at)  # type: ignore[union-attr]
     return {
-        "state": columns.state,
-        "state_data": columns.state_data,
-        "due_at": None if columns.due_at is None else stamp(columns.due_at),
-        "started_at": None if columns.started_at is None else stamp(columns.started_at),
-        "server_name": columns.server_name,
+        "state": name,
+        "state_data": data,
+        "due_at": due_at,
+        "started_at": started_at,
+        "server_name": server_name,
         # Every change of state ends a requested abort (it was carried out,
         # or the job is no longer running).
         "abort_reason": None,
     }, stored
+
+
+# Stands in for the worker id in one encoding of a claim's Processing state;
+# its JSON (\u0000 escapes) can't come out of encoding anything else but itself.
+_WORKER_MARK: Final = "\x00trio_monitor worker\x00"
+
+
+def processing_updates(
+    now: datetime, worker_ids: Iterable[str], server_name: str, stamp: Callable[[datetime], Any]
+) -> list[tuple[dict[str, Any], JobState]]:
+    """``state_update(Processing(now, worker_id, server_name))`` for each worker of a claim.
+
+    The states differ only in the worker id, so the state is encoded once
+    and each worker's JSON is that text with its id put in.
+    """
+    now = utc(now)
+    template, _ = state_update(Processing(now, _WORKER_MARK, server_name), stamp)
+    head, *tail = template["state_data"].split(dump(_WORKER_MARK))
+    changes: list[tuple[dict[str, Any], JobState]] = []
+    for worker_id in worker_ids:
+        state = Processing(now, worker_id, server_name)
+        if len(tail) != 1 or not isinstance(worker_id, str):  # the mark in server_name
+            changes.append(state_update(state, stamp))
+            continue
+        changes.append(({**template, "state_data": head + dump(worker_id) + tail[0]}, state))
+    return changes
 
 
 def requeue_columns(now: datetime, stamp: Callable[[datetime], Any]) -> dict[str, Any]:

@@ -6,7 +6,9 @@ the only user of it. Trio tasks hand it calls (:meth:`~ConnectionThread.read`,
 thread takes everything queued at once: writes queued together run in one
 ``BEGIN IMMEDIATE`` transaction, each in its own savepoint (a write that
 raises is rolled back alone, and its error goes to its own caller), so a
-job server's claim and its batch of outcomes usually share one commit.
+job server's claim and its batch of outcomes usually share one commit. The
+first write of a transaction needs no savepoint: if it fails, the
+transaction, which holds its changes only, is rolled back and begun again.
 
 No Trio task carries anybody else's call: the batch runs on the storage's
 own thread, and results come back to each caller through its own event.
@@ -191,20 +193,38 @@ class ConnectionThread:
         results: list[outcome.Outcome[Any]] = []
 
         def run_each(conn: sqlite3.Connection) -> None:
+            # Each write in a savepoint of its own, but the first: until it
+            # is done, the transaction holds its changes only, so rolling
+            # back the transaction undoes exactly them (two statements saved
+            # in every transaction, a lone write's only savepoint).
+            first = True
             for call in writes:
-                conn.execute("SAVEPOINT write")
+                if not first:
+                    conn.execute("SAVEPOINT write")
                 try:
                     results.append(outcome.Value(call.fn(conn)))
                 except BaseException as exc:  # its own: the others' writes go on
-                    conn.execute("ROLLBACK TO write")
                     results.append(outcome.Error(exc))
-                conn.execute("RELEASE write")
+                    if first:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")  # for the writes after it
+                        continue
+                    conn.execute("ROLLBACK TO write")
+                if not first:
+                    conn.execute("RELEASE write")
+                first = False
 
         try:
             transaction(self._conn, run_each)
         except BaseException as exc:  # nothing of this transaction was written
-            for call in writes:
-                call.result = outcome.Error(self._own_copy(exc))
+            for index, call in enumerate(writes):
+                failed = results[index] if index < len(results) else None
+                # A write that had failed on its own keeps its own error.
+                if isinstance(failed, outcome.Error):
+                    call.result = failed
+                else:
+                    call.result = outcome.Error(self._own_copy(exc))
             return
         for call, result in zip(writes, results, strict=True):
             call.result = result

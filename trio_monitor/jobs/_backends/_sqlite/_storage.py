@@ -30,6 +30,7 @@ Design, in short:
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -76,6 +77,7 @@ from .._rows import (
     job_from_row,
     next_occurrence,
     occurrence,
+    processing_updates,
     progress_json,
     queue_infos,
     rate_prune_before,
@@ -140,6 +142,12 @@ _MAX_IN: Final = 500
 # ALL); beyond, it filters the all-queues index (SQLite allows at most 500
 # terms in a compound SELECT).
 _MAX_UNION_QUEUES: Final = 32
+# UPDATE ... FROM and RETURNING (SQLite 3.35): claims and outcomes in one
+# statement each; older libraries take the SELECT-then-UPDATE paths.
+_RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
+# Claims of up to this many jobs are one statement (its text cached per
+# queue count and size); bigger ones read, then write.
+_MAX_ONE_STATEMENT_CLAIM: Final = 256
 # A claim under flow control looks at most this many claimable jobs (the
 # refused ones keep their places; the next claim looks again).
 _MAX_ADMISSION_SCAN: Final = 4096
@@ -147,6 +155,16 @@ _MAX_ADMISSION_SCAN: Final = 4096
 
 def _job(row: Sequence[Any], state: JobState | None = None) -> Job:
     return job_from_row(row, from_us, state)
+
+
+# Positions in a row of ``seq`` + job columns.
+_PRIORITY_AT: Final = 1 + JobRow._fields.index("priority")
+_STATE_DATA_AT: Final = 1 + JobRow._fields.index("state_data")
+
+
+def _claim_order(row: Sequence[Any]) -> tuple[int, int]:
+    """Claim order of a row of ``seq`` + job columns: priority first, then age."""
+    return -row[_PRIORITY_AT], row[0]
 
 
 def _parse_target(target: str) -> tuple[str, float]:
@@ -205,6 +223,7 @@ class SQLiteStorage(InProcessPush):
 
     # Claim statements depend on the number of queues; cached per count.
     _claim_sql_cache: ClassVar[dict[int, str]] = {}
+    _claim_update_cache: ClassVar[dict[tuple[int, int], str]] = {}
 
     def __init__(self, connection: sqlite3.Connection, path: str, busy_timeout: float) -> None:
         # Use open(): the connection must be configured and migrated.
@@ -348,53 +367,99 @@ class SQLiteStorage(InProcessPush):
             return []
         limit = len(worker_ids)
         now = utc(now)
-        changes = [
-            state_update(Processing(now, worker_id, server_name), to_us) for worker_id in worker_ids
-        ]
+        changes = processing_updates(now, worker_ids, server_name, to_us)
+
+        # The Processing columns all claimed rows share; only state_data
+        # (it names the worker) differs from row to row.
+        shared = changes[0][0]
+        state_of = {columns["state_data"]: state for columns, state in changes}
+        data = [columns["state_data"] for columns, _ in changes]
 
         def claim(conn: sqlite3.Connection) -> list[Job]:
-            settings = _queue_settings(conn, queue_list)
-            wanted = queue_list
-            if settings:
-                # A paused queue's jobs are not even looked at.
-                wanted = [q for q in queue_list if not (q in settings and settings[q].paused)]
-                if queue_list and not wanted:
-                    return []
-            rows = self._candidates(conn, wanted, limit)
-            if settings or any(JobRow(*row[1:]).lock_key is not None for row in rows):
-                rows = self._admitted(conn, settings, wanted, rows, limit, now)
-            conn.executemany(
-                f"UPDATE jobs SET {_STATE_SET}, attempts = attempts + 1,"
-                " version = version + 1 WHERE seq = :seq",
-                [
-                    {**columns, "seq": row[0]}
-                    for row, (columns, _) in zip(rows, changes, strict=False)
-                ],
-            )
-            claimed: list[Job] = []
-            for row, (columns, state) in zip(rows, changes, strict=False):
-                stored = updated(JobRow(*row[1:]), columns)
-                stored = stored._replace(attempts=stored.attempts + 1, version=stored.version + 1)
-                claimed.append(_job(stored, state))
-            return claimed
+            one_statement = _RETURNING and limit <= _MAX_ONE_STATEMENT_CLAIM
+            rows = self._claim_at_once(conn, queue_list, data, shared) if one_statement else []
+            if rows:
+                # RETURNING gives rows in no set order: claim order is priority, then age.
+                rows.sort(key=_claim_order)
+                return [_job(row[1:], state_of[row[_STATE_DATA_AT]]) for row in rows]
+            return self._claim_admitted(conn, queue_list, limit, now, changes)
 
         return await self._write(claim)
+
+    def _claim_at_once(
+        self,
+        conn: sqlite3.Connection,
+        queues: list[str],
+        data: list[str],
+        shared: dict[str, Any],
+    ) -> list[tuple[Any, ...]]:
+        """The common claim, as one statement: the best claimable rows, updated and returned.
+
+        It claims nothing (and returns no rows) when a queue setting limits
+        claims or a candidate holds a lock: :meth:`_claim_admitted` then
+        decides, as it does when nothing is claimable.
+        """
+        sql = self._claim_update_sql(len(queues), len(data))
+        shared_params = [shared["started_at"], shared["server_name"]]
+        candidates = self._candidate_params(queues, len(data))
+        # In the order they appear in the statement (see _claim_update_sql).
+        if len(data) == 1:
+            params = [*data, *shared_params, *candidates]
+        else:
+            params = [*data, *candidates, *shared_params]
+        return conn.execute(sql, params).fetchall()
+
+    def _claim_admitted(
+        self,
+        conn: sqlite3.Connection,
+        queue_list: list[str],
+        limit: int,
+        now: datetime,
+        changes: list[tuple[dict[str, Any], JobState]],
+    ) -> list[Job]:
+        """A claim under flow control (queue settings, locks): candidates read, admitted, then
+        updated (see :meth:`_admitted`)."""
+        settings = _queue_settings(conn, queue_list)
+        wanted = queue_list
+        if settings:
+            # A paused queue's jobs are not even looked at.
+            wanted = [q for q in queue_list if not (q in settings and settings[q].paused)]
+            if queue_list and not wanted:
+                return []
+        rows = self._candidates(conn, wanted, limit)
+        if settings or any(JobRow(*row[1:]).lock_key is not None for row in rows):
+            rows = self._admitted(conn, settings, wanted, rows, limit, now)
+        conn.executemany(
+            f"UPDATE jobs SET {_STATE_SET}, attempts = attempts + 1,"
+            " version = version + 1 WHERE seq = :seq",
+            [{**columns, "seq": row[0]} for row, (columns, _) in zip(rows, changes, strict=False)],
+        )
+        claimed: list[Job] = []
+        for row, (columns, state) in zip(rows, changes, strict=False):
+            stored = updated(JobRow(*row[1:]), columns)
+            stored = stored._replace(attempts=stored.attempts + 1, version=stored.version + 1)
+            claimed.append(_job(stored, state))
+        return claimed
 
     def _candidates(
         self, conn: sqlite3.Connection, queues: list[str], limit: int
     ) -> list[tuple[Any, ...]]:
         """The ``limit`` best claimable rows (``seq`` + job columns) of ``queues``, in order."""
         sql = self._claim_sql(len(queues))
-        params: list[Any]
-        if len(queues) > _MAX_UNION_QUEUES:
-            params = [json.dumps(queues), limit]
-        else:
-            params = []
-            for queue in queues:
-                params += (queue, limit)
-            if len(queues) != 1:
-                params.append(limit)
+        params = self._candidate_params(queues, limit)
         return conn.execute(sql, params).fetchall()
+
+    @staticmethod
+    def _candidate_params(queues: list[str], limit: int) -> list[Any]:
+        """The parameters of :meth:`_claim_sql`."""
+        if len(queues) > _MAX_UNION_QUEUES:
+            return [json.dumps(queues), limit]
+        params: list[Any] = []
+        for queue in queues:
+            params += (queue, limit)
+        if len(queues) != 1:
+            params.append(limit)
+        return params
 
     def _admitted(
         self,
@@ -492,6 +557,54 @@ class SQLiteStorage(InProcessPush):
             cls._claim_sql_cache[queue_count] = sql
         return sql
 
+    @classmethod
+    def _claim_update_sql(cls, queue_count: int, limit: int) -> str:
+        """The one-statement claim of ``limit`` jobs (see :meth:`_claim_at_once`).
+
+        The candidates are :meth:`_claim_sql`'s (same indexes), ranked in
+        claim order; candidate ``i`` gets the ``i``-th worker's state_data.
+        Its parameters: one state_data per worker, then the candidates' and
+        the shared started_at and server_name, in that order for several
+        workers, after the state_data for one.
+        """
+        key = (queue_count, limit)
+        sql = cls._claim_update_cache.get(key)
+        if sql is not None:
+            return sql
+        candidates = cls._claim_sql(queue_count)
+        if limit == 1:
+            # One job: no ranking, no join (half the work of the general form).
+            given, source = "", ""
+            data = "?"
+            where = f"seq = (SELECT seq FROM ({candidates}) WHERE lock_key IS NULL)"
+        else:
+            ranks = ", ".join(f"({rank}, ?)" for rank in range(1, limit + 1))
+            given = (
+                f"WITH given (rank, data) AS (VALUES {ranks}),"
+                " picked AS (SELECT seq, lock_key,"
+                " row_number() OVER (ORDER BY priority DESC, seq) AS rank"
+                f" FROM ({candidates}))"
+            )
+            source = " FROM picked JOIN given USING (rank)"
+            data = "given.data"
+            where = (
+                "jobs.seq = picked.seq"
+                " AND NOT EXISTS (SELECT 1 FROM picked WHERE lock_key IS NOT NULL)"
+            )
+        sql = (
+            f"{given} UPDATE jobs SET state = 'processing', state_data = {data}, due_at = NULL,"
+            " started_at = ?, server_name = ?, abort_reason = NULL,"
+            " attempts = attempts + 1, version = version + 1"
+            f"{source} WHERE {where}"
+            # Flow control decides in Python (_claim_admitted): claim nothing here.
+            " AND NOT EXISTS (SELECT 1 FROM queues"
+            " WHERE paused OR max_running IS NOT NULL OR rate_count IS NOT NULL)"
+            f" RETURNING seq, {JOB_COLUMNS}"
+        )
+        if queue_count <= _MAX_UNION_QUEUES:
+            cls._claim_update_cache[key] = sql
+        return sql
+
     async def apply(self, transitions: Sequence[Transition]) -> list[Job | None]:
         """Compare-and-swap each transition; all in one transaction."""
         transitions = list(transitions)
@@ -500,7 +613,10 @@ class SQLiteStorage(InProcessPush):
         if not transitions:
             await self._nothing()
             return []
-        results = await self._write(lambda conn: _apply(conn, transitions, changes))
+        apply = _apply_at_once if _RETURNING else _apply
+        if len({t.job_id for t in transitions}) < len(transitions):
+            apply = _apply  # one job changed twice: the later change sees the first
+        results = await self._write(lambda conn: apply(conn, transitions, changes))
         if any(job is not None and job.state.name == "enqueued" for job in results):
             self._wakeup.notify()  # a retry due at once, a requeue
         if any(job is not None and job.state.name in TERMINAL for job in results):
@@ -907,6 +1023,63 @@ def _apply(
         updates.append({**columns, "version": row.version, "seq": seq})
         results.append(_job(row, state))
     conn.executemany(f"UPDATE jobs SET {_APPLY_SET} WHERE seq = :seq", updates)
+    return results
+
+
+# The columns an outcome writes, in the order of transition_columns (besides version).
+_APPLY_COLUMNS: Final = list(
+    transition_columns(Transition("", 0, Processing(_EPOCH, "", "")), to_us)[0]
+)
+# Most transitions one statement carries (each binds a row of parameters).
+_MAX_APPLY_ROWS: Final = 256
+
+
+@functools.lru_cache(maxsize=64)
+def _apply_sql(count: int) -> str:
+    """The compare-and-swap of ``count`` transitions of distinct jobs, as one statement.
+
+    Parameters, per transition: its columns (``_APPLY_COLUMNS``), the job's
+    id and the expected version. The rows it returns are the jobs written.
+    """
+    width = len(_APPLY_COLUMNS) + 2
+    row = f"({', '.join('?' * width)})"
+    sets = [
+        f"{name} = coalesce(v.column{i}, jobs.attempts)"
+        if name == "attempts"  # None: keep the stored count
+        else f"{name} = v.column{i}"
+        for i, name in enumerate(_APPLY_COLUMNS, 1)
+    ]
+    return (
+        f"UPDATE jobs SET {', '.join(sets)}, version = jobs.version + 1"
+        f" FROM (VALUES {', '.join([row] * count)}) AS v"
+        f" WHERE jobs.id = v.column{width - 1} AND jobs.version = v.column{width}"
+        f" RETURNING {JOB_COLUMNS}"
+    )
+
+
+def _apply_at_once(
+    conn: sqlite3.Connection,
+    transitions: list[Transition],
+    changes: list[tuple[dict[str, Any], JobState]],
+) -> list[Job | None]:
+    """:func:`_apply` for transitions of distinct jobs: one ``UPDATE ... RETURNING``.
+
+    The version check is in the statement's WHERE: a job whose version
+    moved on is not written, and not returned.
+    """
+    written: dict[str, tuple[Any, ...]] = {}
+    for start in range(0, len(transitions), _MAX_APPLY_ROWS):
+        chunk = range(start, min(len(transitions), start + _MAX_APPLY_ROWS))
+        params: list[Any] = []
+        for i in chunk:
+            params += changes[i][0].values()
+            params += (transitions[i].job_id, transitions[i].expected_version)
+        for row in conn.execute(_apply_sql(len(chunk)), params):
+            written[row[0]] = row
+    results: list[Job | None] = []
+    for t, (_, state) in zip(transitions, changes, strict=True):
+        row = written.get(t.job_id)
+        results.append(None if row is None else _job(row, state))
     return results
 
 
