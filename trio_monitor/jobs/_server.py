@@ -640,7 +640,11 @@ class _ServerRun:
         self._ahead = 0
         self._claim_time = 0.0
         self._job_time = math.inf
-        self._outcomes_written = 0  # committer flushes that took jobs out of Processing
+        # News that jobs may have become claimable: storage's wake-ups (an
+        # enqueue, a promotion, a job leaving Processing) and our own
+        # outcomes written. Counted, so that news arriving while a claim is
+        # in flight is not lost: that claim may have looked too early.
+        self._news = 0
         self._fetch_wait: trio.CancelScope | None = None
         self._fetch_waits_for = ""
         # Ids of the jobs this server holds: claimed, and their outcome not
@@ -887,6 +891,7 @@ class _ServerRun:
         self.committer = await self._start(_Task("jobs.committer", self._committer))
         self.fetcher: _Task | None = None
         if self.slots:
+            self.loops.append(await self._start(_Task("jobs.work", self._work_listener)))
             self.fetcher = await self._start(_Task("jobs.fetcher", self._fetcher))
 
     async def _drain(self) -> None:
@@ -1168,14 +1173,14 @@ class _ServerRun:
         scope = self._fetch_wait
         if scope is None or self._fetch_waits_for != reason:
             return
-        if reason == "outcome" or self._room():
+        if reason == "news" or self._room():
             scope.cancel()
 
     async def _fetcher(self) -> None:
         """Claims jobs into ``_ready``, one batch per round trip, ahead of the idle workers."""
         config = self.config
-        # After a claim that got fewer jobs than asked: the count of our
-        # outcomes written when it started (None: the last claim was full).
+        # After a claim that got fewer jobs than asked: the news count when
+        # it started (None: the last claim was full).
         short_since: int | None = None
         try:
             while not self.token.is_set():
@@ -1184,11 +1189,11 @@ class _ServerRun:
                     self._ahead = 0
                     continue
                 if short_since is not None:
-                    if short_since == self._outcomes_written:
-                        # Nothing (more) to claim: wait for an enqueue, for an
-                        # outcome of ours (it may free room in a queue with
-                        # max_running), or for the next poll.
-                        await self._fetch_pause("outcome", self.storage.wait_for_work)
+                    if short_since == self._news:
+                        # Nothing (more) to claim: wait for news (an enqueue,
+                        # an outcome that frees room in a queue with
+                        # max_running or a lock), or for the next poll.
+                        await self._fetch_pause("news", trio.sleep_forever)
                     short_since = None
                     continue
                 want = self._room()
@@ -1197,7 +1202,7 @@ class _ServerRun:
                     continue
                 ids = [heapq.heappop(self._free_ids) for _ in range(want)]
                 claimed: list[Job] = []
-                written = self._outcomes_written
+                news = self._news
                 sent = trio.current_time()
 
                 async def claim(ids: list[int] = ids, claimed: list[Job] = claimed) -> None:
@@ -1236,7 +1241,7 @@ class _ServerRun:
                     if self.burst and not claimed and await self._burst_done():
                         self.request_stop()
                         continue
-                    short_since = written
+                    short_since = news
         except Exception:
             raise  # a bug: the supervisor restarts the fetcher, the ready jobs stay
         except BaseException:
@@ -1255,6 +1260,19 @@ class _ServerRun:
         """
         lead = len(self.slots) * self._claim_time / max(self._job_time, 1e-9)
         self._ahead = min(self.config.fetch_batch_size, int(lead))
+
+    def _hear_news(self) -> None:
+        self._news += 1
+        self._wake_fetcher("news")
+
+    async def _work_listener(self) -> None:
+        """Turns storage's wake-ups (:meth:`Storage.wait_for_work`) into news for the fetcher."""
+        while not self.token.is_set():
+            try:
+                await self._interruptible(self.storage.wait_for_work)
+            except trio.ClosedResourceError:
+                return  # the fetcher's claims find it closed, and stop the server
+            self._hear_news()
 
     def _ready_since(self) -> float:
         return self._ready[0][1]
@@ -1462,5 +1480,4 @@ class _ServerRun:
         if written:
             # Jobs left Processing: room in a queue with max_running, maybe.
             # Counted, so that a claim in flight meanwhile learns it too.
-            self._outcomes_written += 1
-            self._wake_fetcher("outcome")
+            self._hear_news()
