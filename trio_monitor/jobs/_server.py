@@ -1,8 +1,9 @@
 """The job server: configuration, lifecycle, and the loops of one start.
 
-One way through for data: ``enqueue`` -> storage -> claim (a batch, one per
-idle worker) -> processor -> compare-and-swap transition (group-committed)
--> ``on_state_change`` hook. Storage knows SQL, not scheduling; the server
+One way through for data: ``enqueue`` -> storage -> claim (a batch, for the
+idle workers and, with short jobs, ahead of them) -> the ready queue ->
+processor -> compare-and-swap transition (group-committed) ->
+``on_state_change`` hook. Storage knows SQL, not scheduling; the server
 knows scheduling, not SQL.
 
 Everything a start owns lives in a :class:`_ServerRun`, so that a stopped
@@ -128,13 +129,25 @@ class ServerConfig:
         recovers, schedules and sweeps.
       polling_interval (float): How long an idle server waits for work
         before it polls storage again. Enqueues in this process (and
-        PostgreSQL notifications) wake it at once.
+        PostgreSQL notifications) wake it at once, and so do its own
+        outcomes (room in a ``max_running`` queue or a freed lock); room
+        freed by another SQLite process is seen at the next poll.
       job_timeout (float): A run still going after this long is cancelled
         and counts as a failed attempt (with a ``TimeoutError`` text), even
         if it ignores its cancellation and returns later.
       queues (list[str]): Queues to claim from; empty: all queues.
-      fetch_batch_size (int): Most jobs claimed in one storage round trip
-        (never more than there are idle workers).
+      fetch_batch_size (int): Most jobs claimed in one storage round trip,
+        and most jobs claimed ahead of the idle workers. A server claims
+        ahead only while its jobs are short next to a claim's round trip
+        (about ``worker_count * claim time / job time`` jobs, measured as
+        it runs): the next claim then travels while the workers run the
+        last one's jobs. Jobs claimed ahead are Processing before they
+        start; any idle worker takes the oldest, so one never waits while a
+        worker of the server is free. Those not started within
+        ``polling_interval`` go back to Enqueued, as do those a stop finds
+        (their attempt uncounted); an abort ends them at once. Worker ids
+        (``f"{server_name}:worker:{i}"``) come from ``worker_count +
+        fetch_batch_size`` of them, the lowest free first.
       enable_scheduler (bool): Run the scheduler, which enqueues
         :class:`~trio_monitor.jobs.Scheduled` and
         :class:`~trio_monitor.jobs.AwaitingRetry` jobs when due.
