@@ -1169,16 +1169,17 @@ class _ServerRun:
 
         Up to ``worker_count + ahead`` jobs are held (running or ready), at
         most ``fetch_batch_size`` claimed at once. While workers have work,
-        it waits until a batch's worth (half the lead) is free, so that
-        claims stay batched; a worker left without work gets a claim at once.
+        it waits until the whole lead is free, so that claims are full
+        batches (fewer round trips per job: measured faster than claiming
+        at half the lead); a worker left without work gets a claim at once.
         """
         room = len(self._free_ids) - (self._id_pool - len(self.slots) - self._ahead)
         if room <= 0:
             return 0
         room = min(room, self.config.fetch_batch_size)
         starving = not self._ready and len(self._parked) > 0
-        if not starving and room < max(1, self._ahead // 2):
-            return 0  # nobody starves: wait for half the lead
+        if not starving and room < max(1, self._ahead):
+            return 0  # nobody starves: wait until the whole lead is free
         return room
 
     def _wake_fetcher(self, reason: str) -> None:
