@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -140,6 +141,26 @@ async def test_short_jobs_are_claimed_ahead_under_their_stamped_worker_ids(
     # At most worker_count + fetch_batch_size ids, the same name pattern.
     used = {w for ws in runs.worker_ids.values() for w in ws}
     assert used <= {f"test:worker:{i}" for i in range(6)}
+
+
+async def test_claim_ahead_off_claims_for_idle_workers_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    storage = SlowClaims()
+    runs = Runs()
+    recorder = Recorder()
+    server = make_server(
+        storage, runs.registry(), recorder, worker_count=2, fetch_batch_size=4, claim_ahead=False
+    )
+    ids = [await server.enqueue("sleep", SHORT) for _ in range(30)]
+    async with running(server):
+        await finished(recorder, ids)
+    assert all(size <= 2 for size in storage.asked)
+
+
+def test_claim_ahead_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="claim_ahead"):
+        jobs.ServerConfig(claim_ahead=1)  # type: ignore[arg-type]
 
 
 async def test_long_jobs_are_not_claimed_ahead(autojump_clock: trio.testing.MockClock) -> None:

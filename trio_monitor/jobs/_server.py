@@ -148,6 +148,9 @@ class ServerConfig:
         (their attempt uncounted); an abort ends them at once. Worker ids
         (``f"{server_name}:worker:{i}"``) come from ``worker_count +
         fetch_batch_size`` of them, the lowest free first.
+      claim_ahead (bool): Claim ahead of the idle workers as described
+        under ``fetch_batch_size`` (on by default). Off: every claim is for
+        idle workers only, and a Processing job is always running.
       enable_scheduler (bool): Run the scheduler, which enqueues
         :class:`~trio_monitor.jobs.Scheduled` and
         :class:`~trio_monitor.jobs.AwaitingRetry` jobs when due.
@@ -203,6 +206,7 @@ class ServerConfig:
     fetch_batch_size: int = attrs.field(
         default=10, validator=attrs_count("ServerConfig", "fetch_batch_size", minimum=1)
     )
+    claim_ahead: bool = attrs.field(default=True, validator=_flag)
     enable_scheduler: bool = attrs.field(default=True, validator=_flag)
     scheduler_poll_interval: float = _interval("scheduler_poll_interval", 30.0)
     shutdown_timeout: float = attrs.field(
@@ -1272,6 +1276,8 @@ class _ServerRun:
         jobs much shorter than a claim, so that the next claim travels while
         the workers run the last one's jobs.
         """
+        if not self.config.claim_ahead:
+            return
         lead = len(self.slots) * self._claim_time / max(self._job_time, 1e-9)
         self._ahead = min(self.config.fetch_batch_size, int(lead))
 
