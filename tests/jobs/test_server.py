@@ -381,7 +381,7 @@ async def test_batch_claims_respect_fetch_batch_size_and_idle_workers(
         )
     assert max(storage.claim_sizes) == 3  # batched, never above fetch_batch_size
     assert most_at_once == 4
-    # No job waits claimed but not running: every claim is for idle workers only.
+    # Jobs far longer than a claim: no claim ahead, every claim is for idle workers only.
     assert all(size <= 4 for size in storage.claim_sizes)
 
 

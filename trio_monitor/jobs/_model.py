@@ -100,11 +100,17 @@ class Scheduled:
 
 @attrs.frozen
 class Processing:
-    """Claimed by a worker and running.
+    """Claimed by a server: running, or claimed ahead and about to run.
+
+    A server may claim a few short jobs ahead of its idle workers (at most
+    ``fetch_batch_size``, see :class:`~trio_monitor.jobs.ServerConfig`):
+    those are Processing from the claim, before they start.
 
     Attributes:
       started_at (datetime): When the claim was made.
-      worker_id (str): The worker that claimed it.
+      worker_id (str): The worker id the claim stamped on it; the job runs
+        with this ``ctx.worker_id``. Unique among the jobs a server holds
+        at once.
       server_name (str): The claiming server's identity
         (``"name#uuid"`` when heartbeats are on).
     """

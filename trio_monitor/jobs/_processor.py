@@ -270,6 +270,17 @@ class Processor:
         self._aborts_pending = pending
         return aborted
 
+    def aborted_before_start(self, job: Job) -> Transition | None:
+        """The ``Aborted`` outcome of a claimed job not started yet, if its abort was heard.
+
+        For the server's claimed-ahead jobs: such a job ends Aborted without
+        running, at once, rather than when a worker gets to it.
+        """
+        reason = self._aborts_pending.pop(job.id, None)
+        if reason is None:
+            return None
+        return self._terminal(job.id, job.version, Aborted(reason, self._now()))
+
     async def process(self, job: Job, ctx: WorkerContext) -> Transition:
         """Run ``job`` (as claimed) and return the transition recording its outcome.
 
@@ -309,10 +320,14 @@ class Processor:
         if reason is not None:
             run.abort(reason)  # heard before it started: it never runs
         started = trio.current_time()
+        # One cancel scope per run: the stops cancel it (their reason
+        # recorded first), the timeout is its deadline.
+        scope = run.scope
+        scope.deadline = deadline = started + limit
         exc: Exception | None = None
         result: object = None
         try:
-            with run.scope, trio.move_on_after(limit) as timeout:
+            with scope:
                 # The worker gets a copy of its own: what it changes never
                 # reaches the hook's job or the compare-and-swap.
                 exc, result = await self._call_isolated(settings, attrs.evolve(job), ctx)
@@ -341,8 +356,9 @@ class Processor:
             return stopped
         # Past its deadline is a timeout however the run ended: cancelled,
         # an exception made of its Cancelled, or a late return after
-        # ignoring it (swallowed, or blocked in a thread).
-        if timeout.cancel_called or trio.current_time() >= timeout.deadline:
+        # ignoring it (swallowed, or blocked in a thread). Not stopped, so
+        # nothing but the deadline cancelled the scope.
+        if scope.cancel_called or trio.current_time() >= deadline:
             logger.warning("job %s (%s) timed out after %gs", job_id, method, limit)
             error = f"TimeoutError: timed out after {limit:g}s"
             if not settings.retries(TimeoutError()):
@@ -417,8 +433,10 @@ class Processor:
         state = Succeeded(result, duration)
         try:
             # Exactly what storage will write: a result JSON refuses (a
-            # set, NaN, a 5,000-deep list) must not fail there.
-            encode_state(state)
+            # set, NaN, a 5,000-deep list) must not fail there. None (the
+            # common case) always encodes.
+            if result is not None:
+                encode_state(state)
         except Exception:
             logger.warning(
                 "job %s (%s) returned a %s, which is not JSON-serialisable; storing None",

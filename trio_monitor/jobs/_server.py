@@ -1,8 +1,9 @@
 """The job server: configuration, lifecycle, and the loops of one start.
 
-One way through for data: ``enqueue`` -> storage -> claim (a batch, one per
-idle worker) -> processor -> compare-and-swap transition (group-committed)
--> ``on_state_change`` hook. Storage knows SQL, not scheduling; the server
+One way through for data: ``enqueue`` -> storage -> claim (a batch, for the
+idle workers and, with short jobs, ahead of them) -> the ready queue ->
+processor -> compare-and-swap transition (group-committed) ->
+``on_state_change`` hook. Storage knows SQL, not scheduling; the server
 knows scheduling, not SQL.
 
 Everything a start owns lives in a :class:`_ServerRun`, so that a stopped
@@ -23,6 +24,8 @@ identity). Its tasks are transient children of a one-for-one
 
 from __future__ import annotations
 
+import collections
+import heapq
 import logging
 import math
 import sys
@@ -76,6 +79,8 @@ ERROR_BACKOFF = Backoff(initial=0.5, multiplier=2.0, max=30.0, jitter=0.25)
 #: logged), rather than taking the whole server down with it. The window
 #: doubles as the run after which a task's backoff starts afresh.
 RESTART_WINDOW = ERROR_BACKOFF.max
+#: Weight of the newest sample in the running averages of claim and job times.
+EWMA_WEIGHT = 0.2
 
 
 class ServerError(Exception):
@@ -124,13 +129,28 @@ class ServerConfig:
         recovers, schedules and sweeps.
       polling_interval (float): How long an idle server waits for work
         before it polls storage again. Enqueues in this process (and
-        PostgreSQL notifications) wake it at once.
+        PostgreSQL notifications) wake it at once, and so do its own
+        outcomes (room in a ``max_running`` queue or a freed lock); room
+        freed by another SQLite process is seen at the next poll.
       job_timeout (float): A run still going after this long is cancelled
         and counts as a failed attempt (with a ``TimeoutError`` text), even
         if it ignores its cancellation and returns later.
       queues (list[str]): Queues to claim from; empty: all queues.
-      fetch_batch_size (int): Most jobs claimed in one storage round trip
-        (never more than there are idle workers).
+      fetch_batch_size (int): Most jobs claimed in one storage round trip,
+        and most jobs claimed ahead of the idle workers. A server claims
+        ahead only while its jobs are short next to a claim's round trip
+        (about ``worker_count * claim time / job time`` jobs, measured as
+        it runs): the next claim then travels while the workers run the
+        last one's jobs. Jobs claimed ahead are Processing before they
+        start; any idle worker takes the oldest, so one never waits while a
+        worker of the server is free. Those not started within
+        ``polling_interval`` go back to Enqueued, as do those a stop finds
+        (their attempt uncounted); an abort ends them at once. Worker ids
+        (``f"{server_name}:worker:{i}"``) come from ``worker_count +
+        fetch_batch_size`` of them, the lowest free first.
+      claim_ahead (bool): Claim ahead of the idle workers as described
+        under ``fetch_batch_size`` (on by default). Off: every claim is for
+        idle workers only, and a Processing job is always running.
       enable_scheduler (bool): Run the scheduler, which enqueues
         :class:`~trio_monitor.jobs.Scheduled` and
         :class:`~trio_monitor.jobs.AwaitingRetry` jobs when due.
@@ -186,6 +206,7 @@ class ServerConfig:
     fetch_batch_size: int = attrs.field(
         default=10, validator=attrs_count("ServerConfig", "fetch_batch_size", minimum=1)
     )
+    claim_ahead: bool = attrs.field(default=True, validator=_flag)
     enable_scheduler: bool = attrs.field(default=True, validator=_flag)
     scheduler_poll_interval: float = _interval("scheduler_poll_interval", 30.0)
     shutdown_timeout: float = attrs.field(
@@ -563,10 +584,9 @@ class _Task:
 
 @attrs.define(eq=False)
 class _Worker:
-    """A worker slot: its mailbox (one job at a time) and the job it holds."""
+    """A worker task's slot: the job it runs (its id names the task, not the job's worker_id)."""
 
     worker_id: str
-    mailbox: trio.MemorySendChannel[Job] | None = None
     current: Job | None = None
 
 
@@ -616,15 +636,35 @@ class _ServerRun:
         self.tasks: list[_Task] = []
         # Waits that stop() interrupts (the fetcher's, the loops' pauses).
         self._waits: set[trio.CancelScope] = set()
-        # Workers: the idle ones, in order, and a one-slot mailbox each.
+        # Worker tasks, and the worker ids stamped on claimed jobs: one of
+        # worker_count + fetch_batch_size, unique among the jobs held (ready
+        # or running), the lowest free one first.
         self.slots = {
             worker_id: _Worker(worker_id)
             for worker_id in (
                 f"{config.server_name}:worker:{i}" for i in range(config.worker_count)
             )
         }
-        self._idle: list[str] = []
-        self._idle_changed = trio.Event()
+        self._id_pool = config.worker_count + config.fetch_batch_size if self.slots else 0
+        self._id_names = [f"{config.server_name}:worker:{i}" for i in range(self._id_pool)]
+        self._id_index = {name: i for i, name in enumerate(self._id_names)}
+        self._free_ids = list(range(self._id_pool))  # a heap
+        # Claimed jobs no worker has started yet, oldest first, with the
+        # Trio time they were claimed; workers with nothing to do park.
+        self._ready: collections.deque[tuple[Job, float]] = collections.deque()
+        self._parked = trio.lowlevel.ParkingLot()
+        # Jobs held beyond the workers (see _update_lead), and the averages
+        # it comes from: a claim's round trip, and a job's run (Trio seconds).
+        self._ahead = 0
+        self._claim_time = 0.0
+        self._job_time = math.inf
+        # News that jobs may have become claimable: storage's wake-ups (an
+        # enqueue, a promotion, a job leaving Processing) and our own
+        # outcomes written. Counted, so that news arriving while a claim is
+        # in flight is not lost: that claim may have looked too early.
+        self._news = 0
+        self._fetch_wait: trio.CancelScope | None = None
+        self._fetch_waits_for = ""
         # Ids of the jobs this server holds: claimed, and their outcome not
         # yet written. Counts claims started and ended: odd while one is in
         # flight (its jobs are in storage as ours, not yet held).
@@ -653,6 +693,7 @@ class _ServerRun:
 
     def request_stop(self) -> None:
         self.token.set()
+        self._parked.unpark_all()
         for scope in list(self._waits):
             scope.cancel()
         for task in self.tasks:
@@ -746,8 +787,6 @@ class _ServerRun:
             task.ended.set()
         slot = task.args[0] if task.args and isinstance(task.args[0], _Worker) else None
         if slot is not None:
-            if slot.worker_id in self._idle:
-                self._idle.remove(slot.worker_id)
             job, slot.current = slot.current, None
             if job is not None:
                 # Its attempt stays counted: if the job itself triggers the
@@ -870,12 +909,13 @@ class _ServerRun:
         self.committer = await self._start(_Task("jobs.committer", self._committer))
         self.fetcher: _Task | None = None
         if self.slots:
+            self.loops.append(await self._start(_Task("jobs.work", self._work_listener)))
             self.fetcher = await self._start(_Task("jobs.fetcher", self._fetcher))
 
     async def _drain(self) -> None:
         """The graceful stop: let running jobs finish, stop the rest, write outcomes."""
-        # The fetcher stops claiming (the token), hands out what its last
-        # claim got, and closes the mailboxes; workers then finish and exit.
+        # The fetcher stops claiming (the token) and releases the jobs it
+        # claimed that no worker started; workers finish their job and exit.
         with trio.move_on_after(self.config.shutdown_timeout):
             await self._wait_all(self.worker_tasks)
         if self.processor.running:
@@ -912,6 +952,7 @@ class _ServerRun:
                 await self.fetcher.wait()
             self.fetcher.abort()
             await self.fetcher.wait()
+        await self._release_ready(stopping=True)  # if the fetcher died meanwhile
         self._commits_closed = True
         self._pending_changed.set()
         with trio.move_on_after(max(self.config.shutdown_timeout, SHIELDED_CALL_TIMEOUT)):
@@ -1115,36 +1156,80 @@ class _ServerRun:
                 logger.info(
                     "job server %r: cancelling %d aborted job(s)", self.identity, len(requested)
                 )
+            self._abort_ready()
             with trio.move_on_after(self.config.polling_interval):
                 await woken.wait()
             nursery.cancel_scope.cancel()
 
     # -- claiming and working ---------------------------------------------
+    #
+    # Claimed jobs wait in ``_ready`` (first in, first out) until a worker
+    # takes one; any idle worker takes the oldest, so a job never waits there
+    # while a worker of this server is idle. The fetcher claims ahead of the
+    # idle workers (see _room) so that the storage round trip of the next
+    # claim overlaps the jobs being run, instead of taking turns with them.
 
-    def _mark_idle(self, worker_id: str) -> None:
-        self._idle.append(worker_id)
-        self._idle_changed.set()
-        self._idle_changed = trio.Event()
+    def _room(self) -> int:
+        """How many jobs the fetcher should claim now (0: none yet).
+
+        Up to ``worker_count + ahead`` jobs are held (running or ready), at
+        most ``fetch_batch_size`` claimed at once. While workers have work,
+        it waits until the whole lead is free, so that claims are full
+        batches (fewer round trips per job: measured faster than claiming
+        at half the lead); a worker left without work gets a claim at once.
+        """
+        room = len(self._free_ids) - (self._id_pool - len(self.slots) - self._ahead)
+        if room <= 0:
+            return 0
+        room = min(room, self.config.fetch_batch_size)
+        starving = not self._ready and len(self._parked) > 0
+        if not starving and room < max(1, self._ahead):
+            return 0  # nobody starves: wait until the whole lead is free
+        return room
+
+    def _wake_fetcher(self, reason: str) -> None:
+        """Cut the fetcher's wait short if it waits for ``reason`` and it now matters."""
+        scope = self._fetch_wait
+        if scope is None or self._fetch_waits_for != reason:
+            return
+        if reason == "news" or self._room():
+            scope.cancel()
 
     async def _fetcher(self) -> None:
-        """Claims jobs for idle workers, one batch per round trip."""
+        """Claims jobs into ``_ready``, one batch per round trip, ahead of the idle workers."""
         config = self.config
+        # After a claim that got fewer jobs than asked: the news count when
+        # it started (None: the last claim was full).
+        short_since: int | None = None
         try:
             while not self.token.is_set():
-                if not self._idle:
-                    await self._interruptible(self._idle_changed.wait)
+                if self._ready and self._ready_overdue():
+                    await self._release_ready()  # claimed ahead, still not started
+                    self._ahead = 0
                     continue
-                worker_ids = self._idle[: config.fetch_batch_size]
+                if short_since is not None:
+                    if short_since == self._news:
+                        # Nothing (more) to claim: wait for news (an enqueue,
+                        # an outcome that frees room in a queue with
+                        # max_running or a lock), or for the next poll.
+                        await self._fetch_pause("news", trio.sleep_forever)
+                    short_since = None
+                    continue
+                want = self._room()
+                if not want:
+                    await self._fetch_pause("room", trio.sleep_forever)
+                    continue
+                ids = [heapq.heappop(self._free_ids) for _ in range(want)]
                 claimed: list[Job] = []
+                news = self._news
+                sent = trio.current_time()
 
-                async def claim(
-                    worker_ids: list[str] = worker_ids, claimed: list[Job] = claimed
-                ) -> None:
+                async def claim(ids: list[int] = ids, claimed: list[Job] = claimed) -> None:
                     self._claims += 1  # odd while a claim is in flight
                     try:
                         got = await self.storage.claim(
                             queues=config.queues,
-                            worker_ids=worker_ids,
+                            worker_ids=[self._id_names[i] for i in ids],
                             server_name=self.identity,
                             now=self.now(),
                         )
@@ -1153,27 +1238,130 @@ class _ServerRun:
                     finally:
                         self._claims += 1
 
-                if not await self._tick("claim", claim):
+                try:
+                    ok = await self._tick("claim", claim)
+                finally:
+                    for i in ids[len(claimed) :]:
+                        heapq.heappush(self._free_ids, i)  # stamped on no job
+                if not ok:
                     continue
-                undelivered = [job for job in claimed if not self._dispatch(job)]
-                if undelivered:
-                    # Their workers are gone (cancelled by a stop past its
-                    # deadline, or died by a bug).
-                    await self.processor.release(undelivered)
-                    self._held.difference_update(job.id for job in undelivered)
-                if len(claimed) < len(worker_ids):
+                now = trio.current_time()
+                self._claim_time += (now - sent - self._claim_time) * EWMA_WEIGHT
+                self._update_lead()
+                for job in claimed:
+                    state = job.state
+                    assert isinstance(state, Processing), job
+                    self.notify(job, Enqueued(state.started_at), state)
+                    self._ready.append((job, now))
+                self._parked.unpark(count=len(claimed))
+                if self.token.is_set():
+                    break  # landed after the stop: released below
+                if len(claimed) < want:
                     if self.burst and not claimed and await self._burst_done():
                         self.request_stop()
                         continue
-                    # Nothing more to claim: wait for an enqueue or poll later.
-                    with trio.move_on_after(config.polling_interval):
-                        await self._interruptible(self.storage.wait_for_work)
-        finally:
-            if self.token.is_set():
-                # The stop: idle workers see their mailbox end, and exit.
-                for slot in self.slots.values():
-                    if slot.mailbox is not None:
-                        slot.mailbox.close()
+                    short_since = news
+        except Exception:
+            raise  # a bug: the supervisor restarts the fetcher, the ready jobs stay
+        except BaseException:
+            await self._release_ready()  # cancelled from outside
+            raise
+        await self._release_ready(stopping=True)  # the stop: workers take no more jobs
+
+    def _update_lead(self) -> None:
+        """How many jobs to hold beyond the workers: those they run during a claim's round trip.
+
+        ``worker_count * claim time / job time`` (Little's law), at most
+        ``fetch_batch_size``: 0 while jobs take longer than a claim, so that
+        long jobs never wait claimed behind each other; the full batch for
+        jobs much shorter than a claim, so that the next claim travels while
+        the workers run the last one's jobs.
+        """
+        if not self.config.claim_ahead:
+            return
+        lead = len(self.slots) * self._claim_time / max(self._job_time, 1e-9)
+        self._ahead = min(self.config.fetch_batch_size, int(lead))
+
+    def _hear_news(self) -> None:
+        self._news += 1
+        self._wake_fetcher("news")
+
+    async def _work_listener(self) -> None:
+        """Turns storage's wake-ups (:meth:`Storage.wait_for_work`) into news for the fetcher."""
+        while not self.token.is_set():
+            try:
+                await self._interruptible(self.storage.wait_for_work)
+            except trio.ClosedResourceError:
+                return  # the fetcher's claims find it closed, and stop the server
+            self._hear_news()
+
+    def _ready_since(self) -> float:
+        return self._ready[0][1]
+
+    def _ready_overdue(self) -> bool:
+        """The oldest ready job has waited ``polling_interval`` without a worker."""
+        return self._ready_since() + self.config.polling_interval <= trio.current_time()
+
+    async def _fetch_pause(self, reason: str, wait: Callable[[], Awaitable[object]]) -> None:
+        """Wait for ``reason`` (see _wake_fetcher), the stop, or a deadline.
+
+        The deadline: the next poll, or the moment the oldest ready job has
+        waited ``polling_interval`` without starting.
+        """
+        deadline = trio.current_time() + self.config.polling_interval
+        if self._ready:
+            deadline = min(deadline, self._ready_since() + self.config.polling_interval)
+        self._fetch_waits_for = reason
+        with trio.move_on_at(deadline) as scope:
+            self._fetch_wait = scope
+            try:
+                await self._interruptible(wait)
+            finally:
+                self._fetch_wait = None
+
+    async def _release_ready(self, *, stopping: bool = False) -> None:
+        """Put the claimed jobs no worker has started back to Enqueued (attempt uncounted).
+
+        On a graceful stop, the aborts requested meanwhile are read first:
+        releasing a job whose abort was requested (the flag goes with its
+        Processing state) would run it again.
+        """
+        if not self._ready:
+            return
+        if stopping:
+            with trio.move_on_after(SHIELDED_CALL_TIMEOUT):
+                try:
+                    self.processor.abort(await self.storage.aborts_requested(self.identity))
+                except Exception:
+                    logger.exception(
+                        "job server %r: could not read requested aborts", self.identity
+                    )
+            self._abort_ready()
+        jobs = [job for job, _ in self._ready]
+        self._ready.clear()
+        for job in jobs:
+            self._free_id(job)
+        await self.processor.release(jobs)
+        self._held.difference_update(job.id for job in jobs)
+
+    def _abort_ready(self) -> None:
+        """Jobs whose abort was requested before they started end Aborted without running."""
+        if not self._ready:
+            return
+        keep: collections.deque[tuple[Job, float]] = collections.deque()
+        for entry in self._ready:
+            job = entry[0]
+            aborted = self.processor.aborted_before_start(job)
+            if aborted is None:
+                keep.append(entry)
+            else:
+                self._commit(job, aborted)
+        self._ready = keep
+
+    def _free_id(self, job: Job) -> None:
+        state = job.state
+        assert isinstance(state, Processing), job
+        heapq.heappush(self._free_ids, self._id_index[state.worker_id])
 
     async def _burst_done(self) -> bool:
         """In burst mode, after an empty claim: is there nothing left to do now?
@@ -1193,62 +1381,61 @@ class _ServerRun:
         self.notify_all(promoted)
         return not promoted and not self._held and not self._pending
 
-    def _dispatch(self, job: Job) -> bool:
-        """Hand ``job`` to the worker whose id storage stamped on it; False if it is gone."""
-        state = job.state
-        assert isinstance(state, Processing), job
-        self._idle.remove(state.worker_id)
-        self.notify(job, Enqueued(state.started_at), state)
-        mailbox = self.slots[state.worker_id].mailbox
-        if mailbox is None:
-            return False
-        try:
-            mailbox.send_nowait(job)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
+    async def _next_job(self) -> Job | None:
+        """The oldest ready job, for a worker; None once the server stops."""
+        yielded = False
+        while not self.token.is_set():
+            if self._ready:
+                if not yielded:
+                    # A schedule point between jobs: the fetcher sends the
+                    # next claim while the workers go on with the ready ones.
+                    await trio.lowlevel.checkpoint()
+                    yielded = True
+                    continue
+                return self._ready.popleft()[0]
+            self._wake_fetcher("room")  # a worker without work: claim at once
+            await self._parked.park()
+            yielded = True
+        return None
 
     async def _worker(self, slot: _Worker) -> None:
-        send, mailbox = trio.open_memory_channel[Job](1)
-        slot.mailbox = send
-        try:
-            self._mark_idle(slot.worker_id)
-            async for job in mailbox:
-                slot.current = job
-                ctx = WorkerContext(
-                    cancel=self.token,
-                    worker_id=slot.worker_id,
-                    server_name=self.identity,
-                    attempt=job.attempts,
-                    job_id=job.id,
-                    headers=dict(job.headers),
-                    state=self.processor.state,
-                    set_progress=self.storage.set_progress,
-                )
-                transition = await self.processor.process(job, ctx)
-                self._commit(job, transition)
-                slot.current = None
-                self._mark_idle(slot.worker_id)
-        finally:
-            if slot.mailbox is send:
-                slot.mailbox = None
-            # Cancelled with a job handed over but not started: give it back.
-            undelivered: list[Job] = []
-            while True:
-                try:
-                    undelivered.append(mailbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            mailbox.close()
-            if undelivered:
-                await self.processor.release(undelivered)
-                self._held.difference_update(job.id for job in undelivered)
+        processor = self.processor
+        while True:
+            job = await self._next_job()
+            if job is None:
+                return
+            slot.current = job
+            state = job.state
+            assert isinstance(state, Processing), job
+            ctx = WorkerContext(
+                cancel=self.token,
+                # The worker id stamped at the claim: unique among the jobs
+                # this server holds, so among the ones it runs at once.
+                worker_id=state.worker_id,
+                server_name=self.identity,
+                attempt=job.attempts,
+                job_id=job.id,
+                headers=dict(job.headers),
+                state=processor.state,
+                set_progress=self.storage.set_progress,
+            )
+            started = trio.current_time()
+            transition = await processor.process(job, ctx)
+            slot.current = None
+            if self._job_time == math.inf:
+                self._job_time = trio.current_time() - started
+            else:
+                self._job_time += (trio.current_time() - started - self._job_time) * EWMA_WEIGHT
+            self._commit(job, transition)
 
     # -- group commit -----------------------------------------------------
 
     def _commit(self, job: Job, transition: Transition) -> None:
+        """Queue an outcome for the committer; the job's worker id is free again."""
         self._pending.append((job, transition))
         self._pending_changed.set()
+        self._free_id(job)
+        self._wake_fetcher("room")
         if isinstance(transition.state, AwaitingRetry):
             self.note_due(transition.state.retry_at)
 
@@ -1299,6 +1486,7 @@ class _ServerRun:
             raise
 
     def _written(self, batch: list[tuple[Job, Transition]], stored: list[Job | None]) -> None:
+        written = False
         for (job, transition), now_stored in zip(batch, stored, strict=True):
             self._held.discard(job.id)
             if now_stored is None:
@@ -1308,4 +1496,9 @@ class _ServerRun:
                     transition.state.name,
                 )
                 continue
+            written = True
             self.notify(now_stored, job.state, now_stored.state)
+        if written:
+            # Jobs left Processing: room in a queue with max_running, maybe.
+            # Counted, so that a claim in flight meanwhile learns it too.
+            self._hear_news()

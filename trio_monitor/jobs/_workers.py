@@ -61,7 +61,9 @@ class WorkerContext:
       cancel (trio_monitor.ShutdownToken): Set when the server stops. A
         long job should watch it and wind down: the server cancels it
         outright once ``shutdown_timeout`` has passed.
-      worker_id (str): The worker running the job.
+      worker_id (str): The worker id the claim stamped on the job
+        (:attr:`Processing.worker_id <trio_monitor.jobs.Processing>`): no
+        two jobs a server runs at once share one.
       server_name (str): The server's identity, as stamped in
         :attr:`Processing.server_name <trio_monitor.jobs.Processing>`.
       attempt (int): Which attempt this is, 1-based.

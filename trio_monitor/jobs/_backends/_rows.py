@@ -674,6 +674,23 @@ class Admission:
             self._held.add(lock_key)
         return True
 
+    def closed(self, queue: str) -> bool:
+        """Whether no job of ``queue`` may start now, whatever its lock (paused, or at a limit)."""
+        settings = self._settings.get(queue)
+        if settings is None:
+            return False
+        return (
+            settings.paused
+            or (
+                settings.max_running is not None
+                and self._running.get(queue, 0) >= settings.max_running
+            )
+            or (
+                settings.rate_count is not None
+                and self._started.get(queue, 0) >= settings.rate_count
+            )
+        )
+
 
 def rate_window_start(settings: QueueRow, now: datetime) -> datetime | None:
     """The start (exclusive) of the rate window ending at ``now``, or None without a rate."""

@@ -516,6 +516,8 @@ class SQLiteStorage(InProcessPush):
                         break
             if len(admitted) == limit or len(rows) < fetch or fetch >= _MAX_ADMISSION_SCAN:
                 break
+            if queues and all(admission.closed(queue) for queue in queues):
+                break  # further down are jobs of these queues only: none may start
             seen = len(rows)
             fetch = min(fetch * 4, _MAX_ADMISSION_SCAN)
             rows = self._candidates(conn, queues, fetch)
