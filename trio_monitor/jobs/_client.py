@@ -92,7 +92,7 @@ def check_rate(rate: object) -> tuple[int, float] | None:
         raise TypeError(f"rate must be a tuple (n, seconds) or None, not {shown(rate)}")
     pair = cast(tuple[object, ...], rate)
     if len(pair) != 2:
-        raise TypeError(f"rate must be a tuple (n, seconds) or None, not {shown(rate)}")
+        raise TypeError(f"rate must be a tuple (n, seconds) or None, not {shown(pair)}")
     count, seconds = pair
     return (
         check_count("rate[0] (jobs per window)", count, minimum=1),
