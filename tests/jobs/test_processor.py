@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +13,7 @@ import trio.testing
 
 from tests.jobs.server_helpers import Recorder, make_server, running
 from trio_monitor import jobs
+from trio_monitor.testing import run_job
 
 
 async def test_retries_wait_the_policy_delays_then_fail_with_the_error(
@@ -274,3 +277,21 @@ async def test_awaiting_retry_is_stamped_from_the_server_clock(
         change = await recorder.wait_state(job_id, jobs.AwaitingRetry, within=1000)
     assert isinstance(change.new, jobs.AwaitingRetry)
     assert change.new.retry_at == t0 + timedelta(seconds=3 + 5)
+
+
+async def test_a_plain_worker_returning_a_coroutine_fails_saying_why() -> None:
+    # A lambda around an async function is a plain callable: it runs in a
+    # thread, and the coroutine it returns would never run there.
+    ran: list[int] = []
+
+    async def send(job: jobs.Job, ctx: jobs.WorkerContext) -> None:
+        ran.append(job.payload)
+
+    workers = jobs.WorkerRegistry()
+    workers.register("send", lambda job, ctx: send(job, ctx))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited"
+        with pytest.raises(TypeError, match="plain function that returned a coroutine"):
+            await run_job(workers, "send", 1)
+        gc.collect()
+    assert ran == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -115,6 +116,24 @@ class RetryPolicy:
 #: The longest error text stored in a job; longer messages are cut, with a
 #: note saying how much was left out.
 MAX_ERROR_CHARS = 4000
+
+
+def _run_plain(fn: Callable[[Job, WorkerContext], object], job: Job, ctx: WorkerContext) -> object:
+    """Run a plain-def worker (in its thread); refuse a coroutine it returns, by name.
+
+    A plain function wrapping an async one (a lambda, say) is run in a
+    thread, where the coroutine it returns can never run. Trio would refuse
+    it too, with a message that shows the whole job; this one says what to do.
+    """
+    result = fn(job, ctx)
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(
+            f"the worker of {job.method!r} is a plain function that returned a coroutine: "
+            "it ran in a thread, where its async part cannot run; register an async def "
+            "(it runs in Trio), not a lambda or wrapper around one"
+        )
+    return result
 
 
 def describe(exc: BaseException) -> str:
@@ -405,7 +424,7 @@ class Processor:
             # raises in it; one that never checks is abandoned, so that the
             # outcome (and the worker) never wait for it.
             return await trio.to_thread.run_sync(
-                functools.partial(method.fn, job, ctx),
+                functools.partial(_run_plain, method.fn, job, ctx),
                 limiter=self._threads,
                 abandon_on_cancel=True,
             )
