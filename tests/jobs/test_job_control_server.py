@@ -576,3 +576,22 @@ async def test_an_abort_not_yet_heard_beats_the_stop(
     assert job is not None
     assert job.state == jobs.Aborted("late")
     assert ("processing", "enqueued") not in recorder.kinds(job_id)
+
+
+async def test_server_delete_of_a_running_job_aborts_it_like_the_client(
+    storage: jobs.Storage,
+) -> None:
+    # One meaning of "delete a running job" whoever asks: it is stopped and
+    # ends Aborted("deleted"), never left running behind a Deleted row.
+    workers, started = blocking_workers()
+    recorder = Recorder()
+    server = make_server(storage, workers, recorder, job_timeout=100.0)
+    async with running(server):
+        job_id = await server.enqueue("block", None)
+        await wait_started(started, job_id)
+        assert await server.delete(job_id)
+        await recorder.wait_state(job_id, jobs.Aborted, within=5.0)
+    job = await storage.get(job_id)
+    assert job is not None
+    assert job.state == jobs.Aborted("deleted", job.state.finished_at)  # type: ignore[union-attr]
+    assert recorder.kinds(job_id)[-1] == ("processing", "aborted")

@@ -453,9 +453,11 @@ class JobServer:
     async def delete(self, job_id: str) -> bool:
         """Mark a job :class:`~trio_monitor.jobs.Deleted` (kept for ``failed_ttl``; None: for ever).
 
-        Returns False if there is no such job. A running job that is
-        deleted still runs, but its outcome is not written (the
-        compare-and-swap fails).
+        Returns False if there is no such job. A running job is aborted
+        instead, wherever it runs, as :meth:`Client.delete
+        <trio_monitor.jobs.Client.delete>` does: it ends
+        :class:`~trio_monitor.jobs.Aborted` (reason ``"deleted"``), so that
+        no job goes on running, unseen, behind a ``Deleted`` row.
         """
         for _ in range(5):
             job = await self.storage.get(job_id)
@@ -463,6 +465,8 @@ class JobServer:
                 return False
             if isinstance(job.state, Deleted):
                 return True
+            if isinstance(job.state, Processing):
+                return await self.client.delete(job_id)
             ttl = self.config.failed_ttl
             expires = None if ttl is None else self.now() + timedelta(seconds=ttl)
             transition = Transition(job.id, job.version, Deleted(), expires_at=expires)
