@@ -104,6 +104,14 @@ def claimed_at(recorder: Recorder, job_id: str) -> float:
     return next(c.at for c in recorder.of(job_id) if isinstance(c.new, jobs.Processing))
 
 
+def slow_server(**config: Any) -> tuple[SlowClaims, Runs, Recorder, jobs.JobServer]:
+    """A server on slow-claiming memory storage, with its runs and state changes recorded."""
+    storage = SlowClaims()
+    runs = Runs()
+    recorder = Recorder()
+    return storage, runs, recorder, make_server(storage, runs.registry(), recorder, **config)
+
+
 async def until(predicate: Callable[[], bool], within: float = 100.0) -> None:
     """Poll ``predicate`` (for what no state change announces, such as a run starting)."""
     with trio.fail_after(within):
@@ -124,10 +132,7 @@ async def finished(recorder: Recorder, ids: list[str], within: float = 1000) -> 
 async def test_short_jobs_are_claimed_ahead_under_their_stamped_worker_ids(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    storage = SlowClaims()
-    runs = Runs()
-    recorder = Recorder()
-    server = make_server(storage, runs.registry(), recorder, worker_count=2, fetch_batch_size=4)
+    storage, runs, recorder, server = slow_server(worker_count=2, fetch_batch_size=4)
     ids = [await server.enqueue("sleep", SHORT) for _ in range(60)]
     async with running(server):
         await finished(recorder, ids)
@@ -146,11 +151,8 @@ async def test_short_jobs_are_claimed_ahead_under_their_stamped_worker_ids(
 async def test_claim_ahead_off_claims_for_idle_workers_only(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    storage = SlowClaims()
-    runs = Runs()
-    recorder = Recorder()
-    server = make_server(
-        storage, runs.registry(), recorder, worker_count=2, fetch_batch_size=4, claim_ahead=False
+    storage, _runs, recorder, server = slow_server(
+        worker_count=2, fetch_batch_size=4, claim_ahead=False
     )
     ids = [await server.enqueue("sleep", SHORT) for _ in range(30)]
     async with running(server):
@@ -164,10 +166,7 @@ def test_claim_ahead_must_be_a_bool() -> None:
 
 
 async def test_long_jobs_are_not_claimed_ahead(autojump_clock: trio.testing.MockClock) -> None:
-    storage = SlowClaims()
-    runs = Runs()
-    recorder = Recorder()
-    server = make_server(storage, runs.registry(), recorder, worker_count=2, fetch_batch_size=4)
+    storage, runs, recorder, server = slow_server(worker_count=2, fetch_batch_size=4)
     ids = [await server.enqueue("sleep", 1.0) for _ in range(10)]
     async with running(server):
         await finished(recorder, ids)
@@ -181,10 +180,7 @@ async def test_a_claimed_ahead_job_never_waits_behind_a_long_one_while_a_worker_
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Mixed short and long jobs: a ready job goes to whichever worker is free first."""
-    storage = SlowClaims()
-    runs = Runs()
-    recorder = Recorder()
-    server = make_server(storage, runs.registry(), recorder, worker_count=2, fetch_batch_size=4)
+    storage, runs, recorder, server = slow_server(worker_count=2, fetch_batch_size=4)
     async with running(server):
         # A long job holds one worker; the short ones, claimed ahead in
         # batches, all go to the other.
@@ -218,16 +214,8 @@ async def _lead_then_blocker(
 async def test_a_stop_releases_claimed_jobs_that_never_started(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    storage = SlowClaims()
-    runs = Runs()
-    recorder = Recorder()
-    server = make_server(
-        storage,
-        runs.registry(),
-        recorder,
-        worker_count=1,
-        fetch_batch_size=4,
-        polling_interval=100.0,
+    storage, runs, recorder, server = slow_server(
+        worker_count=1, fetch_batch_size=4, polling_interval=100.0
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
@@ -247,16 +235,8 @@ async def test_a_stop_releases_claimed_jobs_that_never_started(
 async def test_an_abort_ends_a_claimed_ahead_job_at_once_without_running_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    storage = SlowClaims()
-    runs = Runs()
-    recorder = Recorder()
-    server = make_server(
-        storage,
-        runs.registry(),
-        recorder,
-        worker_count=1,
-        fetch_batch_size=4,
-        polling_interval=100.0,
+    _storage, runs, recorder, server = slow_server(
+        worker_count=1, fetch_batch_size=4, polling_interval=100.0
     )
     async with running(server):
         _blocker, after = await _lead_then_blocker(server, recorder, runs, behind=6)
@@ -273,16 +253,8 @@ async def test_an_abort_ends_a_claimed_ahead_job_at_once_without_running_it(
 async def test_claimed_ahead_jobs_go_back_when_they_wait_a_polling_interval(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    storage = SlowClaims()
-    runs = Runs()
-    recorder = Recorder()
-    server = make_server(
-        storage,
-        runs.registry(),
-        recorder,
-        worker_count=1,
-        fetch_batch_size=4,
-        polling_interval=5.0,
+    storage, runs, recorder, server = slow_server(
+        worker_count=1, fetch_batch_size=4, polling_interval=5.0
     )
     async with running(server):
         _blocker, after = await _lead_then_blocker(server, recorder, runs, behind=6)

@@ -925,13 +925,7 @@ class _ServerRun:
         if self.processor.running:
             # Requeueing a job whose abort was requested but not yet heard
             # would run it again: look once more, so the abort beats the stop.
-            with trio.move_on_after(SHIELDED_CALL_TIMEOUT):
-                try:
-                    self.processor.abort(await self.storage.aborts_requested(self.identity))
-                except Exception:
-                    logger.exception(
-                        "job server %r: could not read requested aborts", self.identity
-                    )
+            await self._hear_requested_aborts()
         stopped = self.processor.stop_all(StopReason.SHUTDOWN)
         if stopped:
             logger.warning(
@@ -1323,6 +1317,14 @@ class _ServerRun:
             finally:
                 self._fetch_wait = None
 
+    async def _hear_requested_aborts(self) -> None:
+        """Read the aborts requested of this server now (bounded), before a stop requeues jobs."""
+        with trio.move_on_after(SHIELDED_CALL_TIMEOUT):
+            try:
+                self.processor.abort(await self.storage.aborts_requested(self.identity))
+            except Exception:
+                logger.exception("job server %r: could not read requested aborts", self.identity)
+
     async def _release_ready(self, *, stopping: bool = False) -> None:
         """Put the claimed jobs no worker has started back to Enqueued (attempt uncounted).
 
@@ -1333,13 +1335,7 @@ class _ServerRun:
         if not self._ready:
             return
         if stopping:
-            with trio.move_on_after(SHIELDED_CALL_TIMEOUT):
-                try:
-                    self.processor.abort(await self.storage.aborts_requested(self.identity))
-                except Exception:
-                    logger.exception(
-                        "job server %r: could not read requested aborts", self.identity
-                    )
+            await self._hear_requested_aborts()
             self._abort_ready()
         jobs = [job for job, _ in self._ready]
         self._ready.clear()
