@@ -148,11 +148,17 @@ async def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> Non
     assert rows == [("precious",)]
 
 
-def test_claim_queries_use_their_indexes() -> None:
+def migrated_in_memory() -> sqlite3.Connection:
+    """An in-memory database with the job schema, for query plans."""
     conn = sqlite3.connect(":memory:")
     for step in MIGRATIONS:
         for statement in step:
             conn.execute(statement)
+    return conn
+
+
+def test_claim_queries_use_their_indexes() -> None:
+    conn = migrated_in_memory()
     for queue_count, index in (
         (0, "jobs_claim_any"),
         (1, "jobs_claim_queue"),
@@ -173,10 +179,7 @@ def test_claim_queries_use_their_indexes() -> None:
 def test_one_statement_claims_and_outcomes_use_their_indexes() -> None:
     """The claim's UPDATE ... RETURNING walks the claim indexes as the plain SELECT does and
     writes rows by rowid; the outcomes' UPDATE ... FROM finds each job by its id."""
-    conn = sqlite3.connect(":memory:")
-    for step in MIGRATIONS:
-        for statement in step:
-            conn.execute(statement)
+    conn = migrated_in_memory()
     for queue_count, index in (
         (0, "jobs_claim_any"),
         (1, "jobs_claim_queue"),
@@ -538,10 +541,7 @@ def test_list_jobs_pages_walk_an_index_without_sorting(
     state: type[Failed] | None, queue: str | None, method: str | None, before: str | None
 ) -> None:
     # A page must cost the same at the millionth job: no sort of all matches.
-    conn = sqlite3.connect(":memory:")
-    for step in MIGRATIONS:
-        for statement in step:
-            conn.execute(statement)
+    conn = migrated_in_memory()
     sql, params = _list_sql(state, queue, method, 100, before, True)
     plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
     assert "TEMP B-TREE" not in plan

@@ -83,6 +83,13 @@ RESTART_WINDOW = ERROR_BACKOFF.max
 EWMA_WEIGHT = 0.2
 
 
+def _averaged(average: float, sample: float) -> float:
+    """A running average with ``sample`` taken in (``math.inf``: none yet, the sample is it)."""
+    if average == math.inf:
+        return sample
+    return average + (sample - average) * EWMA_WEIGHT
+
+
 class ServerError(Exception):
     """A job server was used the wrong way (e.g. started while running)."""
 
@@ -643,14 +650,9 @@ class _ServerRun:
         # Worker tasks, and the worker ids stamped on claimed jobs: one of
         # worker_count + fetch_batch_size, unique among the jobs held (ready
         # or running), the lowest free one first.
-        self.slots = {
-            worker_id: _Worker(worker_id)
-            for worker_id in (
-                f"{config.server_name}:worker:{i}" for i in range(config.worker_count)
-            )
-        }
-        self._id_pool = config.worker_count + config.fetch_batch_size if self.slots else 0
+        self._id_pool = config.worker_count + config.fetch_batch_size if config.worker_count else 0
         self._id_names = [f"{config.server_name}:worker:{i}" for i in range(self._id_pool)]
+        self.slots = {name: _Worker(name) for name in self._id_names[: config.worker_count]}
         self._id_index = {name: i for i, name in enumerate(self._id_names)}
         self._free_ids = list(range(self._id_pool))  # a heap
         # Claimed jobs no worker has started yet, oldest first, with the
@@ -1210,12 +1212,12 @@ class _ServerRun:
                         # Nothing (more) to claim: wait for news (an enqueue,
                         # an outcome that frees room in a queue with
                         # max_running or a lock), or for the next poll.
-                        await self._fetch_pause("news", trio.sleep_forever)
+                        await self._fetch_pause("news")
                     short_since = None
                     continue
                 want = self._room()
                 if not want:
-                    await self._fetch_pause("room", trio.sleep_forever)
+                    await self._fetch_pause("room")
                     continue
                 ids = [heapq.heappop(self._free_ids) for _ in range(want)]
                 claimed: list[Job] = []
@@ -1244,7 +1246,7 @@ class _ServerRun:
                 if not ok:
                     continue
                 now = trio.current_time()
-                self._claim_time += (now - sent - self._claim_time) * EWMA_WEIGHT
+                self._claim_time = _averaged(self._claim_time, now - sent)
                 self._update_lead()
                 for job in claimed:
                     state = job.state
@@ -1300,7 +1302,7 @@ class _ServerRun:
         """The oldest ready job has waited ``polling_interval`` without a worker."""
         return self._ready_since() + self.config.polling_interval <= trio.current_time()
 
-    async def _fetch_pause(self, reason: str, wait: Callable[[], Awaitable[object]]) -> None:
+    async def _fetch_pause(self, reason: str) -> None:
         """Wait for ``reason`` (see _wake_fetcher), the stop, or a deadline.
 
         The deadline: the next poll, or the moment the oldest ready job has
@@ -1313,7 +1315,7 @@ class _ServerRun:
         with trio.move_on_at(deadline) as scope:
             self._fetch_wait = scope
             try:
-                await self._interruptible(wait)
+                await self._interruptible(trio.sleep_forever)
             finally:
                 self._fetch_wait = None
 
@@ -1422,10 +1424,7 @@ class _ServerRun:
             started = trio.current_time()
             transition = await processor.process(job, ctx)
             slot.current = None
-            if self._job_time == math.inf:
-                self._job_time = trio.current_time() - started
-            else:
-                self._job_time += (trio.current_time() - started - self._job_time) * EWMA_WEIGHT
+            self._job_time = _averaged(self._job_time, trio.current_time() - started)
             self._commit(job, transition)
 
     # -- group commit -----------------------------------------------------

@@ -13,7 +13,7 @@ functions that write rows take a ``stamp`` converter (``datetime -> stored``)
 and those that read take a ``when`` converter (``stored -> datetime``).
 
 Adding a column is one place per concern: the record (:class:`JobRow`,
-:class:`StateColumns`, ...) that names it, the function that fills it, and
+:class:`InsertRow`, ...) that names it, the function that fills it, and
 the backend's migration.
 """
 
@@ -75,7 +75,6 @@ __all__ = [
     "JobRow",
     "RecurringRow",
     "ServerRow",
-    "StateColumns",
     "check_state_class",
     "dump",
     "identity",
@@ -88,7 +87,6 @@ __all__ = [
     "recurring_row",
     "requeue_columns",
     "server_row",
-    "state_columns",
     "transition_columns",
     "updated",
     "processing_updates",
@@ -133,39 +131,6 @@ def utc(value: datetime) -> datetime:
 
 #: The JSON encoding of payloads, results and state fields (compact, no NaN).
 dump = dump_json
-
-
-class StateColumns(NamedTuple):
-    """How a state is stored: its name, its JSON, and the index columns copied out of it.
-
-    ``due_at`` is when a Scheduled/AwaitingRetry job becomes due (the
-    scheduler's index); ``started_at`` and ``server_name`` identify a
-    Processing job's claim (stale and dead-server sweeps).
-    """
-
-    state: str
-    state_data: str
-    due_at: datetime | None
-    started_at: datetime | None
-    server_name: str | None
-
-
-def state_columns(state: JobState) -> tuple[StateColumns, JobState]:
-    """The columns storing ``state``, and the state as it will read back (in UTC).
-
-    The JSON is :func:`~trio_monitor.jobs._model.stored_state`'s (datetimes
-    in UTC). TypeError if ``state`` is not a job state or its fields do not
-    encode; ValueError for a naive datetime.
-    """
-    _, data, state = stored_state(state)
-    due_at: datetime | None = None
-    if isinstance(state, Scheduled):
-        due_at = state.enqueue_at
-    elif isinstance(state, AwaitingRetry):
-        due_at = state.retry_at
-    if isinstance(state, Processing):
-        return StateColumns(state.name, data, None, state.started_at, state.server_name), state
-    return StateColumns(state.name, data, due_at, None, None), state
 
 
 _STATE_NAMES: Final[dict[object, str]] = {cls: cls.name for cls in STATE_CLASSES}
@@ -335,7 +300,7 @@ def insert_row(job: Job, stamp: Callable[[datetime], Any]) -> InsertRow:
     """The row that stores ``job`` as given; TypeError/ValueError before any write."""
     if not isinstance(job, Job):
         raise TypeError(f"expected a Job, got {type(job).__name__}")
-    columns, _ = state_columns(job.state)
+    columns, _ = state_update(job.state, stamp)
     return InsertRow(
         id=job.id,
         method=job.method,
@@ -344,11 +309,11 @@ def insert_row(job: Job, stamp: Callable[[datetime], Any]) -> InsertRow:
         priority=_check_priority(job.priority, "Job.priority"),
         attempts=job.attempts,
         created_at=stamp(utc(job.created_at)),
-        state=columns.state,
-        state_data=columns.state_data,
-        due_at=None if columns.due_at is None else stamp(columns.due_at),
-        started_at=None if columns.started_at is None else stamp(columns.started_at),
-        server_name=columns.server_name,
+        state=columns["state"],
+        state_data=columns["state_data"],
+        due_at=columns["due_at"],
+        started_at=columns["started_at"],
+        server_name=columns["server_name"],
         expires_at=None if job.expires_at is None else stamp(utc(job.expires_at)),
         version=job.version,
         headers=dump(check_headers(job.headers), "headers"),
@@ -363,10 +328,14 @@ def insert_row(job: Job, stamp: Callable[[datetime], Any]) -> InsertRow:
 def state_update(
     state: JobState, stamp: Callable[[datetime], Any]
 ) -> tuple[dict[str, Any], JobState]:
-    """The state columns a change to ``state`` writes, and the state as it reads back.
+    """The state columns storing ``state`` (stamped), and the state as it reads back (in UTC).
 
-    The same columns as :func:`state_columns`, built without the record in
-    between: this runs for every claim and every outcome.
+    The JSON is :func:`~trio_monitor.jobs._model.stored_state`'s; ``due_at``
+    is when a Scheduled/AwaitingRetry job becomes due (the scheduler's
+    index), ``started_at`` and ``server_name`` identify a Processing job's
+    claim (stale and dead-server sweeps). TypeError if ``state`` is not a
+    job state or its fields do not encode; ValueError for a naive datetime.
+    Every insert, claim and outcome goes through here.
     """
     name, data, stored = stored_state(state)
     due_at = started_at = server_name = None
@@ -658,18 +627,11 @@ class Admission:
         """Whether a job of ``queue`` holding ``lock_key`` may start; if so, count it."""
         if lock_key is not None and lock_key in self._held:
             return False
-        settings = self._settings.get(queue)
-        if settings is not None:
-            if settings.paused:
-                return False
-            running = self._running.get(queue, 0)
-            if settings.max_running is not None and running >= settings.max_running:
-                return False
-            started = self._started.get(queue, 0)
-            if settings.rate_count is not None and started >= settings.rate_count:
-                return False
-            self._running[queue] = running + 1
-            self._started[queue] = started + 1
+        if self.closed(queue):
+            return False
+        if queue in self._settings:
+            self._running[queue] = self._running.get(queue, 0) + 1
+            self._started[queue] = self._started.get(queue, 0) + 1
         if lock_key is not None:
             self._held.add(lock_key)
         return True
